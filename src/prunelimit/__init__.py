@@ -1,0 +1,50 @@
+"""prunelimit: global magnitude pruning (GP, GP+MT) and the fundamental limit of pruning.
+
+    import prunelimit as pl
+    masks = pl.global_magnitude_masks(model, sparsity=0.9)
+    pl.apply_masks(model, masks)
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; imported on first use so `import prunelimit` stays fast.
+_EXPORTS = {
+    "create_model": "prunelimit.models",
+    "list_models": "prunelimit.models",
+    "register_model": "prunelimit.models",
+    "create_dataset": "prunelimit.data",
+    "list_datasets": "prunelimit.data",
+    "make_loader": "prunelimit.data",
+    "prunable_parameters": "prunelimit.pruning",
+    "global_magnitude_masks": "prunelimit.pruning",
+    "min_threshold_masks": "prunelimit.pruning",
+    "apply_masks": "prunelimit.pruning",
+    "save_masks": "prunelimit.pruning",
+    "load_masks": "prunelimit.pruning",
+    "mask_sparsity": "prunelimit.pruning",
+    "TrainConfig": "prunelimit.train",
+    "train": "prunelimit.train",
+    "finetune": "prunelimit.train",
+    "evaluate": "prunelimit.train",
+    "HessianOperator": "prunelimit.spectrum",
+    "slq_spectrum": "prunelimit.spectrum",
+    "top_eigenvalues": "prunelimit.spectrum",
+    "hessian_trace": "prunelimit.spectrum",
+    "normalized_gaussian_width": "prunelimit.limit",
+    "predict_limit": "prunelimit.limit",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'prunelimit' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

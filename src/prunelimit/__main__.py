@@ -1,0 +1,3 @@
+from prunelimit.cli.main import main
+
+raise SystemExit(main())
