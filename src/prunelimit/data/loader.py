@@ -1,0 +1,97 @@
+"""DataLoaders whose sample order is a pure function of (seed, epoch), in one process or many.
+
+``batch_size`` is the total over all processes, as in the original GP recipe (lr 0.1024 for a
+total batch of 256): each rank loads ``batch_size // world_size``. Call
+``set_loader_epoch(loader, epoch)`` before every epoch; a resumed run that calls it with the same
+epoch sees exactly the same order, whatever happened before in the process.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from prunelimit import dist
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Single-process shuffling: epoch e visits ``torch.randperm(n, generator=seeded(seed + e))``.
+
+    Unlike ``RandomSampler`` fed by the loader's generator, the order does not depend on how many
+    numbers the loader drew from that generator before (worker seeds, persistent workers)."""
+
+    def __init__(self, num_samples: int, seed: int = 0):
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.num_samples, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"make_loader: {name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def per_rank_batch_size(batch_size: int, world_size: int) -> int:
+    """``batch_size // world_size``; ``ValueError`` when there are more processes than samples per step."""
+    _check_int("batch_size", batch_size, 1)
+    if batch_size < world_size:
+        raise ValueError(f"batch_size {batch_size} is the total over all {world_size} processes and must be at "
+                         f"least {world_size}; raise batch_size or start fewer processes")
+    if batch_size % world_size:
+        warnings.warn(f"batch_size {batch_size} is not divisible by {world_size} processes; each loads "
+                      f"{batch_size // world_size}, so the effective total is "
+                      f"{batch_size // world_size * world_size}", stacklevel=3)
+    return batch_size // world_size
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, workers: int = 0, seed: int = 0,
+                drop_last: bool = False, device: torch.device | str | None = None) -> DataLoader:
+    """A ``DataLoader`` over ``dataset`` loading ``batch_size // world_size`` samples per rank per step.
+
+    Distributed (``prunelimit.dist.is_distributed()``): ``DistributedSampler(shuffle, seed, drop_last)``,
+    each rank a disjoint share. Otherwise ``EpochShuffleSampler(seed)`` when shuffling. The loader's
+    own generator (worker seeds, hence augmentation in workers) is reseeded by ``set_loader_epoch``;
+    workers are not persistent, because persistent workers keep their first epoch's seeds.
+    Memory is pinned when ``device`` is a CUDA device.
+    """
+    world = dist.world_size()
+    per_rank = per_rank_batch_size(batch_size, world)
+    _check_int("workers", workers, 0)
+    _check_int("seed", seed, 0)
+    sampler: Sampler[int] | None = None
+    if dist.is_distributed():
+        # num_replicas/rank passed explicitly so the sampler and our dist helpers always agree
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=dist.rank(), shuffle=shuffle,
+                                     seed=seed, drop_last=drop_last)
+    elif shuffle:
+        sampler = EpochShuffleSampler(len(dataset), seed=seed)
+    pin = device is not None and torch.device(device).type == "cuda"
+    loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, shuffle=False, num_workers=workers,
+                        drop_last=drop_last, pin_memory=pin, generator=torch.Generator().manual_seed(seed))
+    loader.seed = seed  # read back by set_loader_epoch
+    return loader
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
+    """Make the next pass over ``loader`` the one for ``epoch``: the sampler's epoch and the loader's
+    generator (reseeded as ``seed + epoch``) are set, so the order depends only on (seed, epoch)."""
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"set_loader_epoch: epoch must be an integer >= 0, got {epoch!r}")
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    seed = getattr(loader, "seed", 0)
+    if loader.generator is not None:
+        loader.generator.manual_seed(seed + epoch)
