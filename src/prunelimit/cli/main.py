@@ -1,0 +1,145 @@
+"""``prunelimit <command> [CONFIG] [key=value ...] [--flags]`` — the only place that reads argv.
+
+Commands: run, train, sweep, spectrum, limit, prune, finetune, report, validate, ls.
+Every error a user can cause is printed as one ``error: ...`` line with exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from prunelimit.cli import commands
+
+EPILOG = """examples:
+  prunelimit run                                   # the embedded default on sklearn's digits (~1 min on CPU)
+  prunelimit run FC_CIFAR10_l1 data.data_path=~/data  # a shipped config with an override
+  prunelimit prune --model resnet50 --checkpoint dense.pth --sparsity 0.9 --min-threshold 0.05 --out runs/r50
+  prunelimit finetune runs/r50 --dataset imagenet --data-path /data/imagenet --epochs 100
+  torchrun --nproc_per_node=8 -m prunelimit finetune runs/r50 --dataset imagenet --data-path /data/imagenet
+"""
+
+
+def _common(p: argparse.ArgumentParser, *, config: bool = True, config_required: bool = False) -> None:
+    if config:
+        p.add_argument("config", nargs=None if config_required else "?", default=None,
+                       help="YAML config file or the name of a shipped config (see `prunelimit ls configs`)")
+        p.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="config overrides such as train.lr=0.05 or the original flat keys (lmbda=5e-5)")
+    p.add_argument("--out", help="run directory (default: runs/<config name>)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _gp_flags(p: argparse.ArgumentParser, *, prune: bool = True) -> None:
+    g = p.add_argument_group("the original GP flags (fine-tuning recipe and pruning)")
+    g.add_argument("--epochs", type=int, help="fine-tuning epochs")
+    g.add_argument("--batch-size", type=int, help="total batch size over all GPUs")
+    g.add_argument("--lr", type=float, help="initial learning rate")
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--smoothing", type=float, help="label smoothing")
+    g.add_argument("--warmup-epochs", type=int)
+    g.add_argument("--schedule", choices=["cosine", "linear", "step", "multistep", "none"])
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--workers", type=int, help="data loader workers per process")
+    g.add_argument("--sparsity", type=float, help="fraction of prunable weights to remove, e.g. 0.9")
+    g.add_argument("--min-threshold", type=float, help="MT: minimum kept weights per layer, in percent of N")
+    if prune:
+        g.add_argument("--mt-mode", choices=["proportional", "global"], help="GP+MT redistribution (default proportional)")
+        g.add_argument("--include", action="append", help="module-name pattern of prunable layers (repeatable)")
+        g.add_argument("--exclude", action="append", help="module-name pattern to leave dense (repeatable)")
+        g.add_argument("--rule", choices=["exact", "original"], help="original: the GP code's k-1 rule")
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", help="model name (see `prunelimit ls models`)")
+    g.add_argument("--num-classes", type=int)
+    g.add_argument("--input-shape", help="C,H,W of one example, for models that need it when no --dataset is given")
+    g.add_argument("--checkpoint", help="weights: a state_dict, {'state_dict': ...}, DDP 'module.' keys accepted")
+    g.add_argument("--allow-pickle", action="store_true",
+                   help="let torch.load run pickled code from checkpoint/mask files (trusted files only)")
+    g.add_argument("--dataset", help="dataset name (see `prunelimit ls datasets`); omit to skip evaluation")
+    g.add_argument("--data-path", help="folder with the dataset files")
+    g.add_argument("--download", action="store_true", help="download mnist/cifar10/cifar100 when missing")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prunelimit", description=__doc__.splitlines()[0],
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="command")
+
+    p = sub.add_parser("run", help="the whole pipeline from one YAML (no CONFIG: the embedded digits default)")
+    _common(p)
+    _gp_flags(p)
+    for name, text in (("train", "train the dense model (L1 when configured)"),
+                       ("sweep", "one-shot pruning sweep of the trained model"),
+                       ("spectrum", "Hessian spectrum (SLQ), top eigenvalues, trace, important eigenvalues"),
+                       ("limit", "predicted vs actual pruning limit (trains/sweeps/spectrum as needed)")):
+        p = sub.add_parser(name, help=text)
+        _common(p, config_required=True)
+
+    p = sub.add_parser("prune", help="GP, or GP+MT with --min-threshold; writes the original's files")
+    _common(p)
+    _model_flags(p)
+    _gp_flags(p)
+
+    p = sub.add_parser("finetune", help="masked fine-tuning of a pruned run (resumes automatically)")
+    p.add_argument("run_dir", nargs="?", help="a run directory made by `prune`/`run`, or one method's folder in it")
+    p.add_argument("--method", choices=["gp", "gp_mt"], help="which pruned model of the run directory")
+    p.add_argument("--masks", help="mask file (.safetensors; an original weight_mask.npy needs --allow-pickle)")
+    p.add_argument("--evaluate", action="store_true", help="only evaluate the checkpoint, no training")
+    _common(p, config=False)
+    _model_flags(p)
+    _gp_flags(p, prune=False)
+
+    p = sub.add_parser("report", help="print the summary of a finished run directory")
+    p.add_argument("run_dir")
+
+    p = sub.add_parser("validate", help="load configs, check every key and value, print the resolved config")
+    p.add_argument("configs", nargs="+", help="YAML files or shipped config names")
+    p.add_argument("--quiet", action="store_true", help="only say OK or the error")
+
+    p = sub.add_parser("ls", help="list models, datasets or shipped configs")
+    p.add_argument("what", nargs="?", choices=["models", "datasets", "configs"], default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    # key=value overrides may also come after the flags
+    late = [u for u in unknown if "=" in u and not u.startswith("-")]
+    rest = [u for u in unknown if u not in late]
+    if rest or (late and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(rest or late)}")
+    if late:
+        args.overrides = list(args.overrides or []) + late
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return commands.dispatch(args, argv) or 0
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to resume where it stopped", file=sys.stderr)
+        return 130
+    except ValueError as e:  # every user-caused error is a ValueError with a message that says what to fix
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        from prunelimit import dist
+
+        dist.shutdown()
+
+
+def _version() -> str:
+    from prunelimit import __version__
+
+    return f"prunelimit {__version__}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""The run configuration: one dataclass per section, composed from the concept folders.
+
+A YAML file is either sectioned (``model: {name: ...}``, ``train: {...}``, ...) or in the original
+limit repository's flat form (``model: AlexNet``, ``lr: 0.01``, ``lmbda: 3e-5`` ...); see
+``original.py`` for how flat keys map onto sections. Both may be mixed: flat keys first, sections on top.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from prunelimit.data import DataConfig
+from prunelimit.limit import LimitConfig
+from prunelimit.pruning import PruneConfig
+from prunelimit.spectrum import SpectrumConfig
+from prunelimit.train import GP_FINETUNE_DEFAULTS, TrainConfig
+
+PIPELINES = ("default", "gp", "limit")
+METHODS = ("gp", "gp_mt")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "fc_small"                 # a name from `prunelimit ls models`
+    num_classes: int | None = None         # None: the dataset's number of classes
+    input_shape: list[int] | None = None   # (C, H, W) of one example; None: the dataset's
+    init: str = "default"                  # "default" (PyTorch's), "kaiming_normal" (the limit paper's), "kaiming_uniform"
+    checkpoint: str | None = None          # dense weights to start from; None: train (or random init for `prune`)
+    allow_pickle: bool = False             # let torch.load run pickled code in checkpoint files (trusted files only)
+    kwargs: dict = field(default_factory=dict)  # extra model arguments, e.g. {dropout: 0.3}
+
+    def __post_init__(self):
+        from prunelimit.models import model_info
+
+        model_info(self.name)  # raises ValueError listing valid names
+        if self.num_classes is not None and self.num_classes < 2:
+            raise ValueError(f"model.num_classes must be >= 2, got {self.num_classes}")
+        from prunelimit.models import INIT_SCHEMES
+
+        if self.init not in INIT_SCHEMES:
+            raise ValueError(f"model.init must be one of {list(INIT_SCHEMES)}, got {self.init!r}")
+        if self.input_shape is not None and (len(self.input_shape) != 3 or min(self.input_shape) < 1):
+            raise ValueError(f"model.input_shape must be [C, H, W] with positive sizes, got {self.input_shape!r}")
+        if self.checkpoint is not None and not self.checkpoint.strip():
+            self.checkpoint = None
+
+
+@dataclass
+class GPConfig:
+    methods: list[str] = field(default_factory=lambda: ["gp", "gp_mt"])  # which prunings to run and compare
+    sparsity_from: str = "config"      # "config": prune.sparsity; "predicted_limit": the limit pipeline's p*
+    finetune: bool = True              # fine-tune each pruned model with the finetune section
+
+    def __post_init__(self):
+        for m in self.methods:
+            if m not in METHODS:
+                raise ValueError(f"gp.methods: unknown method {m!r}; valid: {list(METHODS)}")
+        if self.sparsity_from not in ("config", "predicted_limit"):
+            raise ValueError(f"gp.sparsity_from must be 'config' or 'predicted_limit', got {self.sparsity_from!r}")
+
+
+@dataclass
+class StagesConfig:
+    train: bool = True                 # train the dense model (skipped when model.checkpoint is given)
+    sweep: bool = True                 # one-shot pruning sweep (original key: sparse)
+    spectrum: bool = True              # Hessian spectrum by SLQ
+    limit: bool = True                 # predicted vs actual limit, result files, plots
+    save_model: bool = True            # keep the trained model's checkpoint (original key: save_model)
+
+
+@dataclass
+class RunConfig:
+    pipeline: str = "default"          # "default" (limit then GP/GP+MT), "gp", or "limit"
+    name: str | None = None            # run name; the run directory is <out or runs/NAME>
+    out: str | None = None             # run directory; default runs/<name>
+    device: str = "auto"               # "auto", "cpu", "cuda", "cuda:1"
+    seed: int = 0                      # seeds model init, data order and probes
+    gpu: int | None = None             # original key: GPU index used when device is "auto" and CUDA exists
+    show_progress: bool = True         # tqdm progress bars
+    eval_batch_size: int | None = None # total batch for evaluations and sweeps; None: the training batch size
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig | None = field(default_factory=DataConfig)   # null: no dataset (prune without evaluation)
+    train: TrainConfig = field(default_factory=TrainConfig)        # dense (optionally L1) training
+    stages: StagesConfig = field(default_factory=StagesConfig)     # limit pipeline stages
+    spectrum: SpectrumConfig = field(default_factory=SpectrumConfig)
+    limit: LimitConfig = field(default_factory=LimitConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)        # GP / GP+MT
+    gp: GPConfig = field(default_factory=GPConfig)
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(**GP_FINETUNE_DEFAULTS))  # masked fine-tuning
+
+    def __post_init__(self):
+        if self.pipeline not in PIPELINES:
+            raise ValueError(f"pipeline must be one of {list(PIPELINES)}, got {self.pipeline!r}")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be a positive integer, got {self.eval_batch_size}")
+        if self.gpu is not None and self.gpu < 0:
+            raise ValueError(f"gpu must be a GPU index such as 0, got {self.gpu}")
+
+
+SECTIONS = ("model", "data", "train", "stages", "spectrum", "limit", "prune", "gp", "finetune")
+
+
+def section_keys() -> dict[str, list[str]]:
+    from prunelimit.config.build import field_names
+
+    hints = {f: type(getattr(RunConfig(), f)) for f in SECTIONS}
+    return {s: field_names(t) for s, t in hints.items()}
+
+
+def default_dict() -> dict[str, Any]:
+    from prunelimit.config.build import to_dict
+
+    return to_dict(RunConfig())

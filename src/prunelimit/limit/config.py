@@ -1,0 +1,44 @@
+"""Settings of the limit stage (sweep, prediction, actual-limit rule)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from prunelimit.limit.rules import RULES
+
+EPSILON_MODES = ("loss_std",)
+
+
+@dataclass
+class LimitConfig:
+    epsilon: float | str = "loss_std"   # loss tolerance: "loss_std" (std of per-batch train loss at w*) or a number > 0
+    rule: str = "above_baseline"        # actual limit printed in result.txt: above_baseline | acc_drop | loss_increase
+    delta: float = 1.0                  # allowed test-accuracy drop, in points, for the acc_drop rule
+    integer_R: bool = False             # True: round R to integers like the original (wrong when R < 1)
+    sweep_points: int = 1000            # grid i/sweep_points, i = 0..sweep_points-1 (the original's sparse_epoch)
+    adaptive: bool = False              # find the actual limit by coarse grid + bisection instead of a full sweep
+    coarse_points: int = 20             # coarse grid size of the adaptive search
+    sweep_train: bool = True            # also evaluate the training set at every sweep point
+
+    def __post_init__(self):
+        if isinstance(self.epsilon, str):
+            if self.epsilon not in EPSILON_MODES:
+                raise ValueError(f"limit.epsilon: {self.epsilon!r} is not known; use 'loss_std' or a number > 0")
+        elif isinstance(self.epsilon, bool) or not isinstance(self.epsilon, (int, float)) \
+                or not (math.isfinite(self.epsilon) and self.epsilon > 0):
+            raise ValueError(f"limit.epsilon must be 'loss_std' or a finite number > 0; got {self.epsilon!r}")
+        if self.rule not in RULES:
+            raise ValueError(f"limit.rule: {self.rule!r} is not a limit rule; choose one of {', '.join(RULES)}")
+        if isinstance(self.delta, bool) or not isinstance(self.delta, (int, float)) \
+                or not (math.isfinite(self.delta) and self.delta >= 0):
+            raise ValueError(f"limit.delta (accuracy points) must be a number >= 0; got {self.delta!r}")
+        for key in ("integer_R", "adaptive", "sweep_train"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"limit.{key} must be true or false; got {getattr(self, key)!r}")
+        if isinstance(self.sweep_points, bool) or not isinstance(self.sweep_points, int) or self.sweep_points < 2:
+            raise ValueError(f"limit.sweep_points (the original's sparse_epoch) must be an integer >= 2; "
+                             f"got {self.sweep_points!r}")
+        if isinstance(self.coarse_points, bool) or not isinstance(self.coarse_points, int) \
+                or not 2 <= self.coarse_points <= self.sweep_points:
+            raise ValueError(f"limit.coarse_points must be an integer in [2, sweep_points={self.sweep_points}]; "
+                             f"got {self.coarse_points!r}")

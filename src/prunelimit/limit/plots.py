@@ -1,0 +1,122 @@
+"""Plots of the limit stage (PNG, written atomically on rank 0).
+
+Figures are built with ``matplotlib.figure.Figure`` and the Agg canvas directly, so plotting never touches
+pyplot's global state or needs a display.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from prunelimit import dist
+from prunelimit.limit.ordering import MagnitudeOrdering
+from prunelimit.limit.width import Prediction
+from prunelimit.runs.io import atomic_write_bytes
+
+_RULE_STYLE = {"above_baseline": ("tab:red", "-"), "acc_drop": ("tab:orange", "--"), "loss_increase": ("tab:purple", ":")}
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path | None:
+    if not dist.is_main():
+        return None
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=150, bbox_inches="tight")
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _column(rows: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
+    return np.array([np.nan if r.get(key) in (None, "") else float(r[key]) for r in rows])
+
+
+def _keep_axis(ax) -> None:
+    # keep_fraction = 1 - prune_fraction is its own inverse, so one function serves both directions.
+    top = ax.secondary_xaxis("top", functions=(lambda p: 1 - p, lambda k: 1 - k))
+    top.set_xlabel("keep_fraction (1 - prune_fraction)")
+
+
+def _mark_limits(ax, prediction: Prediction | None, actual, label: bool) -> None:
+    if prediction is not None and prediction.limit is not None:
+        ax.axvline(prediction.limit, color="tab:green", ls="-.", lw=1.5,
+                   label=f"predicted limit p*={prediction.limit:.3f}" if label else None)
+    if actual is None:
+        return
+    items = actual.items() if isinstance(actual, Mapping) else [("above_baseline", actual)]
+    for rule, p in items:
+        if p is None:
+            continue
+        color, ls = _RULE_STYLE.get(rule, ("black", "--"))
+        ax.axvline(float(p), color=color, ls=ls, lw=1.2, label=f"actual ({rule}) p={float(p):.3f}" if label else None)
+
+
+def plot_sweep(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], prediction: Prediction | None = None,
+               actual: Mapping[str, float | None] | float | None = None) -> Path | None:
+    """Accuracy (top) and loss (bottom) versus prune fraction for test and train, limits marked."""
+    if not rows:
+        raise ValueError("plot_sweep needs sweep rows; run run_sweep first")
+    rows = sorted(rows, key=lambda r: float(r["prune_fraction"]))
+    p = _column(rows, "prune_fraction")
+    fig = Figure(figsize=(7, 7))
+    ax_acc, ax_loss = fig.subplots(2, 1, sharex=True)
+    for key, color, name in (("test_acc", "tab:blue", "test"), ("train_acc", "black", "train")):
+        y = _column(rows, key)
+        if np.isfinite(y).any():
+            ax_acc.plot(p, y, color=color, lw=1.2, label=f"{name} accuracy")
+    for key, color, name in (("test_loss", "tab:blue", "test"), ("train_loss", "black", "train")):
+        y = _column(rows, key)
+        if np.isfinite(y).any():
+            ax_loss.plot(p, y, color=color, lw=1.2, label=f"{name} loss")
+    losses = np.concatenate([_column(rows, "test_loss"), _column(rows, "train_loss")])
+    losses = losses[np.isfinite(losses)]
+    if losses.size and losses.min() > 0 and losses.max() / losses.min() > 5:
+        ax_loss.set_yscale("log")   # pruning near 1 blows the loss up by orders of magnitude
+    _mark_limits(ax_acc, prediction, actual, label=True)
+    _mark_limits(ax_loss, prediction, actual, label=False)
+    ax_acc.set_ylabel("accuracy (%)")
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_xlabel("prune_fraction p (fraction of prunable weights removed)")
+    _keep_axis(ax_acc)
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+def plot_width(path: str | os.PathLike, prediction: Prediction,
+               source: MagnitudeOrdering | Sequence[Mapping[str, Any]] | None = None) -> Path | None:
+    """g(R(p)) and p against R: the predicted limit is where the two curves cross.
+
+    ``source`` gives the real p(R): a ``MagnitudeOrdering`` (R on a fine grid) or sweep rows (their R
+    column); without it the curve stored in ``prediction`` is used."""
+    if not prediction.curve:
+        raise ValueError("prediction has no curve to plot; make it with predict_limit")
+    r_curve, g_curve = np.asarray(prediction.curve["R"]), np.asarray(prediction.curve["g"])
+    if isinstance(source, MagnitudeOrdering):
+        p_real = np.linspace(0, 1, 1001)
+        r_real = source.radii(p_real).numpy()
+    elif source is not None:
+        p_real, r_real = _column(source, "prune_fraction"), _column(source, "R")
+    else:
+        p_real, r_real = np.asarray(prediction.curve["p"]), r_curve
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.subplots()
+    order = np.argsort(r_curve, kind="stable")
+    ax.plot(r_curve[order], g_curve[order], color="tab:green", lw=1.5,
+            label="theory: g(R)" + (" (R rounded)" if prediction.integer_R else ""))
+    ax.plot(r_real, p_real, color="tab:blue", lw=1.2, label="network: prune_fraction p at R(p)")
+    if prediction.limit is not None:
+        ax.plot([prediction.R_at_limit], [prediction.limit], "o", color="tab:red",
+                label=f"fixed point p*={prediction.limit:.3f}, R={prediction.R_at_limit:.3g}")
+    ax.set_xlabel("R = ||w* - w_p||_2 (norm of the removed weights)")
+    ax.set_ylabel("prune_fraction p  /  normalised width g(R)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"eps={prediction.eps:.3g}, q={prediction.flat_fraction:.3g}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

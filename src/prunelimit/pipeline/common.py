@@ -1,0 +1,190 @@
+"""What every pipeline needs: device and run directory, the model, the data, evaluation helpers.
+
+The pipeline folder orchestrates the concept folders (models, data, pruning, train, spectrum, limit)
+into the stages of a run. It takes typed configs, never argv; the CLI builds those.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from prunelimit import dist
+from prunelimit.config.build import to_dict
+from prunelimit.config.schema import RunConfig
+from prunelimit.runs.rundir import RunDir
+
+
+def say(msg: str = "") -> None:
+    """Print on rank 0 only."""
+    if dist.is_main():
+        print(msg, flush=True)
+
+
+@dataclass
+class Context:
+    cfg: RunConfig
+    run: RunDir
+    device: torch.device
+
+
+def default_out(cfg: RunConfig) -> Path:
+    return Path(cfg.out) if cfg.out else Path("runs") / (cfg.name or "run")
+
+
+def setup(cfg: RunConfig, argv: list[str] | None = None, *, strict_keys: set[str] | None = None) -> Context:
+    """Initialise torchrun (if launched by it), pick the device, seed, write config + environment."""
+    device_name = cfg.device
+    if device_name == "auto" and cfg.gpu is not None and torch.cuda.is_available():
+        device_name = f"cuda:{cfg.gpu}"
+    device = dist.init_from_env(device_name)
+    seed_everything(cfg.seed)
+    run = RunDir(default_out(cfg))
+    if dist.is_main():
+        run.path.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    run.write_config(to_dict(cfg), strict_keys=strict_keys)
+    run.write_environment(argv)
+    return Context(cfg=cfg, run=run, device=device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---- stage fingerprints ----------------------------------------------------------------------------
+_DENSE = ("model", "data", "train", "seed")
+_SUBSET = ("prune.include", "prune.exclude")
+STAGE_KEYS = {
+    "dense": _DENSE,
+    "sweep": _DENSE + _SUBSET + ("limit.sweep_points", "limit.adaptive", "limit.coarse_points",
+                                 "limit.sweep_train", "limit.rule", "limit.delta"),
+    "spectrum": _DENSE + ("spectrum",),
+    "rows": _DENSE + _SUBSET + ("spectrum",),
+    "limit": _DENSE + _SUBSET + ("spectrum", "limit"),
+    "prune": _DENSE + ("prune", "gp.sparsity_from"),
+    "finetune": _DENSE + ("prune", "gp.sparsity_from", "finetune"),
+}
+
+
+def fingerprint(cfg: RunConfig, stage: str) -> dict:
+    """The config slice a stage's results depend on (see ``RunDir.stage_result``)."""
+    full = to_dict(cfg)
+    out: dict = {}
+    for key in STAGE_KEYS[stage]:
+        section, _, field = key.partition(".")
+        value = full.get(section)
+        if field:
+            value = None if value is None else value.get(field)
+        out[key] = value
+    return out
+
+
+# ---- model ---------------------------------------------------------------------------------------
+def build_model(cfg: RunConfig, *, with_data: bool = True) -> nn.Module:
+    """The configured architecture, num_classes/input shape from the dataset when one is configured."""
+    from prunelimit.data import dataset_info
+    from prunelimit.models import create_model, init_weights
+
+    num_classes, input_shape = cfg.model.num_classes, None
+    if with_data and cfg.data is not None:
+        info = dataset_info(cfg.data.dataset)
+        num_classes = num_classes or info.num_classes
+        input_shape = tuple(info.input_shape)
+    if cfg.model.input_shape is not None:
+        input_shape = tuple(cfg.model.input_shape)
+    torch.manual_seed(cfg.seed)
+    try:
+        model = create_model(cfg.model.name, num_classes=num_classes, input_shape=input_shape, **cfg.model.kwargs)
+    except ValueError as e:
+        if input_shape is None and "input_shape" in str(e):
+            raise ValueError(f"{e}. Give a dataset (--dataset / data.dataset) or the shape itself "
+                             f"(--input-shape C,H,W / model.input_shape)") from None
+        raise
+    if cfg.model.init != "default":
+        init_weights(model, cfg.model.init)
+    return model
+
+
+def load_weights(model: nn.Module, path: str | Path, allow_pickle: bool = False) -> dict:
+    from prunelimit.runs.checkpoint import load_model_weights
+
+    return load_model_weights(model, path, allow_pickle=allow_pickle)
+
+
+# ---- data ----------------------------------------------------------------------------------------
+@dataclass
+class Data:
+    train: Dataset          # with augmentation, for training
+    train_eval: Dataset     # the train split with the test transform, for sweeps / Hessians / epsilon
+    test: Dataset
+    num_classes: int
+
+
+def load_data(cfg: RunConfig) -> Data | None:
+    """The configured dataset, or None when ``data`` is null."""
+    from prunelimit.data import create_dataset, dataset_info
+
+    d = cfg.data
+    if d is None:
+        return None
+    info = dataset_info(d.dataset)
+    train = create_dataset(d.dataset, d.data_path, train=True, download=d.download, augment=d.augment)
+    train_eval = train if not d.augment else create_dataset(d.dataset, d.data_path, train=True, augment=False)
+    test = create_dataset(d.dataset, d.data_path, train=False)
+    return Data(train=train, train_eval=train_eval, test=test,
+                num_classes=cfg.model.num_classes or info.num_classes)
+
+
+def train_loader(cfg: RunConfig, data: Data, batch_size: int, device: torch.device) -> DataLoader:
+    from prunelimit.data import make_loader
+
+    return make_loader(data.train, batch_size, shuffle=True, workers=cfg.data.workers, seed=cfg.seed,
+                       drop_last=False, device=device)
+
+
+def eval_loader(cfg: RunConfig, dataset: Dataset, batch_size: int, device: torch.device,
+                *, limit_batches: int | None = None, evaluation: bool = True) -> DataLoader:
+    """This rank's exact shard (indices rank::world, no padding) in fixed order.
+
+    ``evaluation``: batches only feed accuracy/loss means, so ``cfg.eval_batch_size`` may replace the
+    training batch size (faster sweeps). The Hessian / epsilon loader keeps the training batch size, since
+    epsilon is a statistic of training minibatches. ``limit_batches`` keeps only the first batches' worth of
+    samples (``use_full_data: false``)."""
+    if evaluation and cfg.eval_batch_size:
+        batch_size = cfg.eval_batch_size
+    n = len(dataset)
+    if limit_batches is not None:
+        n = min(n, limit_batches * batch_size)
+    idx = list(range(dist.rank(), n, dist.world_size()))
+    per_rank = max(1, batch_size // dist.world_size())
+    return DataLoader(Subset(dataset, idx), batch_size=per_rank, shuffle=False, num_workers=cfg.data.workers,
+                      pin_memory=device.type == "cuda")
+
+
+def evaluator(cfg: RunConfig, loader: DataLoader, device: torch.device, num_classes: int, *,
+              with_l1: bool = True):
+    """``model -> metrics`` with the dense training's criterion (and its L1 term, as the limit paper's
+    sweep reports)."""
+    from prunelimit.train import evaluate
+
+    t = cfg.train
+
+    def run(model: nn.Module) -> dict:
+        return evaluate(model, loader, device=device, criterion=t.criterion, num_classes=num_classes,
+                        l1_lambda=t.l1_lambda if with_l1 else 0.0, l1_params=t.l1_params, show_progress=False)
+
+    return run
+
+
+def group_name(param_name: str) -> str:
+    """Layer group for summaries: the first module-path component (``layer1``, ``features``, ``fc``)."""
+    head = param_name.split(".")[0]
+    return head if head != param_name else "(root)"

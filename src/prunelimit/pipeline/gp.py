@@ -1,0 +1,177 @@
+"""GP and GP+MT: prune the dense model once per method, write the original's files, fine-tune.
+
+Per method directory (``gp/``, ``gp_mt/``): ``prune_log.csv`` (GP, as the original's first stage),
+``layer_sparsities.csv`` and ``prune_refined_log.csv`` (GP+MT), ``prunedmodel.pth.tar``,
+``weight_mask.safetensors``, ``finetune_log.csv``, ``model_best.pth.tar``, ``checkpoint_last.pth.tar``.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prunelimit import dist
+from prunelimit.pipeline.common import Context, Data, eval_loader, evaluator, fingerprint, group_name, say, train_loader
+from prunelimit.runs.io import atomic_torch_save
+from prunelimit.runs.prune_logs import layer_rows, write_layer_sparsities, write_prune_log
+
+MASK_FILE = "weight_mask.safetensors"
+PRUNED_FILE = "prunedmodel.pth.tar"
+METHOD_TITLES = {"gp": "GP", "gp_mt": "GP+MT"}
+
+
+def compute_masks(model: nn.Module, method: str, sparsity: float, prune_cfg) -> tuple[dict, dict, object | None]:
+    """``(masks, gp_masks, mt_plan)`` for one method. GP+MT also returns the plan of per-layer counts."""
+    from prunelimit.pruning import global_magnitude_masks, min_threshold_masks, min_threshold_plan
+
+    kw = dict(include=prune_cfg.include, exclude=prune_cfg.exclude)
+    gp_masks = global_magnitude_masks(model, sparsity, rule=prune_cfg.rule, **kw)
+    if method == "gp":
+        return gp_masks, gp_masks, None
+    mt = prune_cfg.min_threshold or 0.0
+    plan = min_threshold_plan(model, sparsity, mt, mode=prune_cfg.mt_mode, **kw)
+    masks = min_threshold_masks(model, sparsity, mt, mode=prune_cfg.mt_mode, **kw)
+    return masks, gp_masks, plan
+
+
+def prune_method(ctx: Context, dense: nn.Module, data: Data | None, method: str, sparsity: float,
+                 pre_acc: float | None) -> tuple[nn.Module, dict, dict]:
+    """Prune a copy of ``dense``; write the logs, pruned model and mask. Returns (model, masks, record)."""
+    from prunelimit.pruning import apply_masks, load_masks, save_masks
+
+    cfg, run = ctx.cfg, ctx.run
+    out = run.sub(method)
+    model = copy.deepcopy(dense)
+    done = run.stage_result(f"{method}_prune", fingerprint(cfg, "prune"))
+    if done is not None and abs(done["sparsity_target"] - sparsity) < 1e-12:
+        masks = {k: v.to(ctx.device) for k, v in load_masks(out / MASK_FILE).items()}
+        apply_masks(model, masks)
+        say(f"{METHOD_TITLES[method]}: reusing masks in {out} (finished earlier)")
+        return model, masks, done
+
+    evaluate = None
+    if data is not None:
+        evaluate = evaluator(cfg, eval_loader(cfg, data.test, cfg.finetune.batch_size, ctx.device), ctx.device,
+                             data.num_classes, with_l1=False)
+    masks, gp_masks, plan = compute_masks(model, method, sparsity, cfg.prune)
+
+    def accuracy_with(m: dict) -> float | None:
+        if evaluate is None:
+            return None
+        trial = copy.deepcopy(dense)
+        apply_masks(trial, m)
+        return evaluate(trial)["top1"]
+
+    gp_post = accuracy_with(gp_masks)
+    write_prune_log(out / "prune_log.csv", gp_masks, pre_acc, gp_post)
+    post = gp_post
+    if plan is not None:
+        write_layer_sparsities(out / "layer_sparsities.csv", plan)
+        post = accuracy_with(masks)
+        write_prune_log(out / "prune_refined_log.csv", masks, pre_acc, post)
+        clamped = [layer.name for layer in plan.layers if layer.clamped]
+        dense_layers = [layer.name for layer in plan.layers if layer.dense_by_floor]
+        say(f"GP+MT ({cfg.prune.mt_mode}, MT {cfg.prune.min_threshold} % -> floor {plan.floor} weights/layer): "
+            f"{len(clamped)} layer(s) clamped by the floor{': ' + ', '.join(clamped[:6]) if clamped else ''}"
+            f"{' ...' if len(clamped) > 6 else ''}; {len(dense_layers)} left dense")
+    apply_masks(model, masks)
+    rows = layer_rows(masks)
+    n = sum(r["n"] for r in rows)
+    pruned = sum(r["pruned"] for r in rows)
+    if dist.is_main():
+        atomic_torch_save({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}},
+                          out / PRUNED_FILE)
+        save_masks(out / MASK_FILE, masks, metadata={
+            "model": cfg.model.name, "method": method, "sparsity": repr(sparsity),
+            "min_threshold": repr(cfg.prune.min_threshold), "mt_mode": cfg.prune.mt_mode})
+    record = {
+        "method": method, "sparsity_target": sparsity, "prunable_weights": n, "pruned_weights": pruned,
+        "sparsity_achieved": pruned / n if n else 0.0, "pre_acc": pre_acc, "post_prune_acc": post,
+        "gp_post_prune_acc": gp_post, "groups": _group_sparsity(rows),
+        "clamped_layers": [layer.name for layer in plan.layers if layer.clamped] if plan is not None else [],
+        "floor": plan.floor if plan is not None else None, "dir": str(out),
+    }
+    run.mark_done(f"{method}_prune", record, fingerprint(cfg, "prune"))
+    acc = f", test top-1 {post:.2f} %" if post is not None else " (no dataset configured: evaluation skipped)"
+    say(f"{METHOD_TITLES[method]}: pruned {pruned:,} of {n:,} prunable weights "
+        f"(sparsity {pruned / n:.4f}, keep fraction {1 - pruned / n:.4f}){acc}")
+    return model, masks, record
+
+
+def finetune_method(ctx: Context, model: nn.Module, masks: dict, data: Data, out: Path, stage: str,
+                    title: str, pre_acc: float | None) -> dict:
+    """Masked fine-tuning into ``out`` (resumes from ``out/checkpoint_last.pth.tar``); stage marker ``stage``."""
+    from prunelimit.train import train
+
+    cfg, run = ctx.cfg, ctx.run
+    done = run.stage_result(stage, fingerprint(cfg, "finetune"))
+    if done is not None:
+        say(f"{title}: fine-tuning finished earlier (best top-1 {done['best_top1']:.2f} %)")
+        return done
+    f = cfg.finetune
+    say(f"{title}: fine-tuning {f.epochs} epochs (lr {f.lr:g}, {f.schedule} schedule, "
+        f"label smoothing {f.label_smoothing:g}, batch {f.batch_size})")
+    result = train(model, train_loader(cfg, data, f.batch_size, ctx.device),
+                   eval_loader(cfg, data.test, f.batch_size, ctx.device), f, device=ctx.device, masks=masks,
+                   run_dir=out, log_name="finetune_log.csv", orig_acc=pre_acc, show_progress=cfg.show_progress,
+                   num_classes=data.num_classes)
+    plain = getattr(model, "module", model)
+    nonzero_pruned = sum(int((p.detach()[~masks[name]] != 0).sum().item())
+                         for name, p in plain.named_parameters() if name in masks)
+    if nonzero_pruned:
+        raise RuntimeError(f"{nonzero_pruned} pruned weights became non-zero during fine-tuning (a bug; please report)")
+    final = result.final or {}
+    record = {"best_top1": result.best_top1, "final_top1": final.get("test_top1", final.get("top1")),
+              "epochs": f.epochs, "pruned_weights_nonzero": 0, "dir": str(out)}
+    run.mark_done(stage, record, fingerprint(cfg, "finetune"))
+    say(f"{title}: fine-tuned, best test top-1 {result.best_top1:.2f} %")
+    return record
+
+
+def run_gp(ctx: Context, dense: nn.Module, dense_record: dict, data: Data | None, sparsity: float) -> dict:
+    """Every configured method at ``sparsity``; returns ``{method: record}``."""
+    cfg = ctx.cfg
+    methods = list(cfg.gp.methods)
+    if "gp_mt" in methods and not cfg.prune.min_threshold:
+        say("GP+MT skipped: prune.min_threshold (--min-threshold) is not set")
+        methods.remove("gp_mt")
+    if "gp_mt" in methods and cfg.gp.sparsity_from == "predicted_limit":
+        _fit_min_threshold(cfg, dense, sparsity)
+    pre_acc = dense_record.get("test_top1")
+    if pre_acc is None and data is not None:
+        pre_acc = evaluator(cfg, eval_loader(cfg, data.test, cfg.finetune.batch_size, ctx.device), ctx.device,
+                            data.num_classes, with_l1=False)(dense)["top1"]
+    results = {}
+    for method in methods:
+        model, masks, record = prune_method(ctx, dense, data, method, sparsity, pre_acc)
+        if cfg.gp.finetune and data is not None and cfg.finetune.epochs > 0:
+            record = {**record, "finetune": finetune_method(ctx, model, masks, data, ctx.run.sub(method),
+                                                            f"{method}_finetune", METHOD_TITLES[method], pre_acc)}
+        results[method] = record
+    return results
+
+
+def _fit_min_threshold(cfg, model: nn.Module, sparsity: float) -> None:
+    """At a predicted (not user-chosen) sparsity the configured MT may be infeasible; lower it to the
+    largest feasible MT and say so, rather than failing after the whole limit pipeline ran."""
+    from prunelimit.pruning import max_feasible_min_threshold, prunable_parameters
+
+    sizes = [p.numel() for _, p in prunable_parameters(model, cfg.prune.include, cfg.prune.exclude)]
+    largest = max_feasible_min_threshold(sizes, sparsity)
+    if cfg.prune.min_threshold > largest:
+        say(f"GP+MT: min_threshold {cfg.prune.min_threshold:g} % is infeasible at the predicted sparsity "
+            f"{sparsity}; using the largest feasible MT, {largest:.6g} %")
+        cfg.prune.min_threshold = largest
+
+
+def _group_sparsity(rows: list[dict]) -> dict[str, dict]:
+    groups: dict[str, dict] = {}
+    for r in rows:
+        g = groups.setdefault(group_name(r["name"]), {"n": 0, "pruned": 0})
+        g["n"] += r["n"]
+        g["pruned"] += r["pruned"]
+    for g in groups.values():
+        g["sparsity"] = g["pruned"] / g["n"] if g["n"] else 0.0
+    return groups

@@ -1,0 +1,202 @@
+"""How sparse can it be pruned: sweep -> spectrum -> important eigenvalues -> prediction vs actual.
+
+All files go to ``<run>/limit/``: ``sweep.csv``, ``spectrum.json``, ``density.csv``,
+``hessian_rows.csv``, ``result.json``, ``result.txt`` and the plots. Each stage records a marker, so a
+rerun skips what is finished; an interrupted sweep resumes from its CSV.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prunelimit import dist
+from prunelimit.pipeline.common import Context, Data, eval_loader, evaluator, fingerprint, say
+from prunelimit.runs.io import read_csv, read_json, write_csv, write_json
+
+
+def _ordering(ctx: Context, model: nn.Module):
+    from prunelimit.limit import MagnitudeOrdering
+
+    p = ctx.cfg.prune
+    return MagnitudeOrdering.from_model(model, include=p.include, exclude=p.exclude)
+
+
+def sweep_stage(ctx: Context, model: nn.Module, data: Data, ordering) -> list[dict]:
+    from prunelimit.limit import adaptive_limit_search, default_grid, run_sweep
+
+    cfg, out = ctx.cfg, ctx.run.sub("limit")
+    csv_path = out / "sweep.csv"
+    if ctx.run.stage_result("sweep", fingerprint(cfg, "sweep")) is not None:
+        say(f"sweep: finished earlier ({csv_path})")
+        return _read_rows(csv_path)
+    bs = cfg.train.batch_size
+    test_eval = evaluator(cfg, eval_loader(cfg, data.test, bs, ctx.device), ctx.device, data.num_classes)
+    train_eval = (evaluator(cfg, eval_loader(cfg, data.train_eval, bs, ctx.device), ctx.device, data.num_classes)
+                  if cfg.limit.sweep_train else None)
+    lc = cfg.limit
+    if lc.adaptive:
+        say(f"adaptive limit search ({lc.coarse_points} coarse points, then bisection; rule {lc.rule})")
+        limit, rows = adaptive_limit_search(model, ordering, test_eval, lc.rule, evaluate_train=train_eval,
+                                            coarse_points=lc.coarse_points, tol=1 / lc.sweep_points,
+                                            delta=lc.delta, show_progress=cfg.show_progress)
+        if dist.is_main():
+            from prunelimit.limit.sweep import SWEEP_COLUMNS
+
+            write_csv(csv_path, SWEEP_COLUMNS, [[r.get(c) for c in SWEEP_COLUMNS] for r in rows])
+    else:
+        say(f"sweep: {lc.sweep_points} prune fractions from one ordering of {ordering.num_weights:,} weights")
+        rows = run_sweep(model, ordering, default_grid(lc.sweep_points), test_eval, train_eval,
+                         show_progress=cfg.show_progress, csv_path=csv_path, resume=True)
+    ctx.run.mark_done("sweep", {"rows": len(rows), "csv": str(csv_path)}, fingerprint(cfg, "sweep"))
+    return rows
+
+
+def _read_rows(path: Path) -> list[dict]:
+    rows = []
+    for r in read_csv(path):
+        rows.append({k: _num(v) for k, v in r.items()})
+    return rows
+
+
+def _num(v: str):
+    if v in ("", "None"):
+        return None
+    try:
+        f = float(v)
+    except ValueError:
+        return v
+    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+
+
+def hessian_setup(ctx: Context, model: nn.Module, data: Data):
+    """The Hessian operator of the training loss (with the L1 term when trained with one)."""
+    from prunelimit.spectrum import HessianOperator
+    from prunelimit.train import l1_penalty, make_criterion
+
+    cfg = ctx.cfg
+    loss_fn = make_criterion(cfg.train, data.num_classes)
+    t = cfg.train
+    regularizer = (lambda m: t.l1_lambda * l1_penalty(m, t.l1_params)) if t.l1_lambda > 0 else None
+    limit_batches = None if cfg.data.use_full_data else 1
+    loader = eval_loader(cfg, data.train_eval, t.batch_size, ctx.device, limit_batches=limit_batches,
+                         evaluation=False)
+    op = HessianOperator(model, loss_fn, loader, regularizer=regularizer, device=ctx.device,
+                         cache_graph=cfg.spectrum.cache_graph, show_progress=cfg.show_progress)
+    return op, loss_fn, loader
+
+
+def spectrum_stage(ctx: Context, model: nn.Module, data: Data, op) -> dict:
+    from prunelimit.spectrum import hessian_trace, memory_message, slq_spectrum, spectral_density, top_eigenvalues
+    from prunelimit.spectrum.plots import plot_density
+
+    cfg, out = ctx.cfg, ctx.run.sub("limit")
+    done = ctx.run.stage_result("spectrum", fingerprint(cfg, "spectrum"))
+    if done is not None:
+        say("spectrum: finished earlier")
+        return read_json(out / "spectrum.json")
+    s = cfg.spectrum
+    steps = min(s.lanczos_iter, op.dim)
+    if steps < s.lanczos_iter:
+        say(f"spectrum: lanczos_iter {s.lanczos_iter} exceeds the Hessian dimension {op.dim}; using {steps}")
+    say(f"spectrum: Hessian over {op.dim:,} parameters; {memory_message(op.dim, steps, probes=1)}")
+    nodes, weights = slq_spectrum(op, steps, s.lanczos_num, seed=s.seed, show_progress=cfg.show_progress)
+    k = min(s.top_k, op.dim)
+    top = top_eigenvalues(op, k, seed=s.seed)[0] if k > 0 else torch.empty(0)
+    trace, trace_err = hessian_trace(op, s.trace_samples, seed=s.seed) if s.trace_samples > 0 else (None, None)
+    grid, density = spectral_density(nodes, weights, sigma=s.density_sigma, num_points=s.density_points)
+    result = {"dim": op.dim, "lanczos_iter": steps, "lanczos_num": s.lanczos_num,
+              "nodes": nodes.tolist(), "weights": weights.tolist(),
+              "top_eigenvalues": [float(x) for x in top], "trace": trace, "trace_stderr": trace_err,
+              "hvp_count": getattr(op, "num_matvecs", None)}
+    if dist.is_main():
+        write_json(out / "spectrum.json", result)
+        write_csv(out / "density.csv", ["eigenvalue", "density"], zip(grid.tolist(), density.tolist()))
+        plot_density(out / "spectral_density.png", grid, density, nodes, weights)
+    ctx.run.mark_done("spectrum", {"dim": op.dim, "top_eigenvalue": result["top_eigenvalues"][:1]}, fingerprint(cfg, "spectrum"))
+    say(f"spectrum: top eigenvalues {', '.join(f'{x:.4g}' for x in result['top_eigenvalues'])}; "
+        f"trace {trace:.4g} ± {trace_err:.2g}" if trace is not None else "")
+    return result
+
+
+def rows_stage(ctx: Context, model: nn.Module, op) -> float:
+    """Flat fraction q from Hessian rows at the magnitude quantiles (0 when not configured)."""
+    from prunelimit.spectrum import hessian_row_norms
+    from prunelimit.spectrum.plots import plot_row_norms
+
+    cfg, out = ctx.cfg, ctx.run.sub("limit")
+    s = cfg.spectrum
+    if not s.important_eigs:
+        return 0.0
+    done = ctx.run.stage_result("rows", fingerprint(cfg, "rows"))
+    if done is not None:
+        return float(done["flat_fraction"])
+    p = cfg.prune
+    res = hessian_row_norms(op, model, quantiles=s.row_quantiles, include=p.include, exclude=p.exclude,
+                            threshold=s.row_threshold)
+    if dist.is_main():
+        rows = res.rows()
+        write_csv(out / "hessian_rows.csv", list(rows[0].keys()), [list(r.values()) for r in rows])
+        plot_row_norms(out / "hessian_row_norms.png", res)
+    q = float(res.flat_fraction)
+    ctx.run.mark_done("rows", {"flat_fraction": q, "flat_count": res.flat_count, "threshold": s.row_threshold}, fingerprint(cfg, "rows"))
+    say(f"important eigenvalues: {res.flat_count} of {s.row_quantiles} sampled Hessian rows are flat "
+        f"(row L1 < {s.row_threshold:g}): q = {q:.2f}")
+    return q
+
+
+def limit_stage(ctx: Context, model: nn.Module, data: Data, ordering, rows: list[dict], spectrum: dict,
+                q: float, loss_fn, loader) -> dict:
+    from prunelimit.limit import actual_limits, loss_epsilon, predict_limit
+    from prunelimit.limit.plots import plot_sweep, plot_width
+    from prunelimit.limit.results import build_result, write_result_files
+
+    cfg, out = ctx.cfg, ctx.run.sub("limit")
+    done = ctx.run.stage_result("limit", fingerprint(cfg, "limit"))
+    if done is not None:
+        return read_json(out / "result.json")
+    lc = cfg.limit
+    if lc.epsilon == "loss_std":
+        eps, _ = loss_epsilon(model, loader, loss_fn, device=ctx.device)
+        eps_source = "std of the per-minibatch training loss at w*"
+    else:
+        eps, eps_source = float(lc.epsilon), "given (limit.epsilon)"
+    if not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"epsilon came out as {eps}: the per-batch training losses do not vary (one batch?). "
+                         f"Set limit.epsilon to a positive number, or use more than one batch")
+    nodes = torch.tensor(spectrum["nodes"], dtype=torch.float64)
+    weights = torch.tensor(spectrum["weights"], dtype=torch.float64)
+    prediction = predict_limit(nodes, weights, eps, ordering, flat_fraction=q, integer_R=lc.integer_R)
+    base = rows[0]
+    actual = actual_limits(rows, baseline=base["test_acc"], baseline_loss=base.get("train_loss"),
+                           delta=lc.delta, epsilon=eps)
+    result = build_result(prediction, actual, rule=lc.rule, ordering=ordering, delta=lc.delta,
+                          extra={"eps_source": eps_source, "baseline_test_acc": base["test_acc"],
+                                 "baseline_train_loss": base.get("train_loss"), "lanczos_iter": spectrum["lanczos_iter"],
+                                 "hessian_dim": spectrum["dim"]})
+    if dist.is_main():
+        write_result_files(out, result)
+        plot_sweep(out / "sweep.png", rows, prediction, actual)
+        plot_width(out / "gaussian_width.png", prediction, ordering)
+    ctx.run.mark_done("limit", {"predicted": prediction.limit}, fingerprint(cfg, "limit"))
+    return result
+
+
+def run_limit(ctx: Context, model: nn.Module, data: Data) -> dict | None:
+    """Run the enabled limit stages; returns the result dict (None when the limit stage is off)."""
+    st = ctx.cfg.stages
+    ordering = _ordering(ctx, model)
+    rows = sweep_stage(ctx, model, data, ordering) if st.sweep else None
+    if not (st.spectrum or st.limit):
+        return None
+    op, loss_fn, loader = hessian_setup(ctx, model, data)
+    spectrum = spectrum_stage(ctx, model, data, op)
+    q = rows_stage(ctx, model, op)
+    if not st.limit:
+        return None
+    if rows is None:
+        raise ValueError("stages.limit needs the sweep (stages.sweep / original key sparse: true) for the actual "
+                         "limit and R(p)")
+    return limit_stage(ctx, model, data, ordering, rows, spectrum, q, loss_fn, loader)

@@ -1,0 +1,117 @@
+"""``prunelimit prune`` and ``prunelimit finetune``: the GP repository's two steps as separate commands."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from prunelimit.config import RunConfig, config_from_overrides, load_config
+from prunelimit.config.build import ConfigError
+from prunelimit.pipeline.common import (Context, build_model, eval_loader, evaluator, load_data, load_weights, say,
+                                        setup)
+from prunelimit.pipeline.dense import dense_model
+from prunelimit.pipeline.gp import MASK_FILE, METHOD_TITLES, PRUNED_FILE, finetune_method, run_gp
+from prunelimit.runs.report import print_summary, write_summary
+
+
+def prune_command(cfg: RunConfig, argv: list[str]) -> dict:
+    start = time.time()
+    ctx = setup(cfg, argv)
+    say(f"run directory: {ctx.run.path}  (device {ctx.device})")
+    data = load_data(cfg)
+    if data is None:
+        say("no dataset configured (--dataset): accuracy before and after pruning is NOT evaluated")
+    model, record = dense_model(ctx, data, train_if_needed=False)
+    results = run_gp(ctx, model, record, data, cfg.prune.sparsity)
+    summary = {"pipeline": "prune", "run_dir": str(ctx.run.path), "model": cfg.model.name,
+               "dataset": cfg.data.dataset if cfg.data else None, "dense": record,
+               "sparsity": cfg.prune.sparsity, "gp": results, "seconds": round(time.time() - start, 1)}
+    write_summary(ctx.run.path, summary)
+    print_summary(summary)
+    return summary
+
+
+def _locate(run_dir: Path, method: str | None) -> tuple[Path, Path, str]:
+    """(run directory, method directory, method) from a run dir or a method folder."""
+    if not run_dir.exists():
+        raise ValueError(f"run directory {str(run_dir)!r} does not exist; give the --out directory of `prunelimit prune`")
+    if (run_dir / MASK_FILE).exists() and (run_dir.parent / "config.yaml").exists():
+        return run_dir.parent, run_dir, run_dir.name
+    candidates = [m for m in ("gp", "gp_mt") if (run_dir / m / MASK_FILE).exists()]
+    if method is not None:
+        if method not in candidates:
+            raise ValueError(f"{str(run_dir)!r} has no pruned model for --method {method}; found: {candidates or 'none'}")
+        return run_dir, run_dir / method, method
+    if not candidates:
+        raise ValueError(f"{str(run_dir)!r} holds no pruned model ({{gp,gp_mt}}/{MASK_FILE}); "
+                         f"run `prunelimit prune ... --out {run_dir}` first")
+    if len(candidates) > 1:
+        raise ValueError(f"{str(run_dir)!r} holds several pruned models {candidates}; choose one with --method")
+    return run_dir, run_dir / candidates[0], candidates[0]
+
+
+def finetune_command(args: argparse.Namespace, flag_overrides: list[str], model_overrides: list[str],
+                     argv: list[str]) -> dict:
+    """Fine-tune (or with --evaluate only evaluate) a pruned model, from a run directory or model + mask files."""
+    from prunelimit.pruning import check_masks_fit, load_legacy_mask_npy, load_masks
+
+    dataset_override = [f"data.dataset={args.dataset}"] if args.dataset else []
+    if args.run_dir:
+        run_dir, method_dir, method = _locate(Path(args.run_dir), args.method)
+        overrides = [o for o in flag_overrides if not o.startswith("out=")] + [f"out={run_dir}"]
+        cfg = load_config(run_dir / "config.yaml", overrides + model_overrides + dataset_override)
+        weights = Path(args.checkpoint) if args.checkpoint else method_dir / PRUNED_FILE
+        mask_path = Path(args.masks) if args.masks else method_dir / MASK_FILE
+    else:
+        if not (args.model and args.checkpoint and args.masks):
+            raise ConfigError("finetune needs a RUN_DIR made by `prunelimit prune`, or --model, --checkpoint "
+                              "(the pruned weights) and --masks")
+        cfg = config_from_overrides(flag_overrides + dataset_override + ["pipeline=gp"]
+                                    + [o for o in model_overrides if not o.startswith("model.checkpoint")])
+        cfg.name = f"finetune-{cfg.model.name}"
+        weights, mask_path, method = Path(args.checkpoint), Path(args.masks), "finetune"
+        run_dir = Path(cfg.out) if cfg.out else Path("runs") / cfg.name
+        method_dir = run_dir / method
+    if cfg.data is None:
+        raise ConfigError("finetune needs a dataset: pass --dataset NAME (and --data-path DIR), "
+                          "e.g. --dataset cifar10 --data-path ~/data")
+    ctx = setup(cfg, argv, strict_keys={"model"})
+    data = load_data(cfg)
+    model = build_model(cfg)
+    load_weights(model, weights, allow_pickle=cfg.model.allow_pickle)
+    if mask_path.suffix == ".npy":
+        masks = load_legacy_mask_npy(mask_path, model, allow_pickle=cfg.model.allow_pickle,
+                                     include=cfg.prune.include, exclude=cfg.prune.exclude)
+    else:
+        masks = load_masks(mask_path)
+    check_masks_fit(model, masks, source=str(mask_path))
+    model.to(ctx.device)
+    masks = {k: v.to(ctx.device) for k, v in masks.items()}
+    title = METHOD_TITLES.get(method, "pruned model")
+    if args.evaluate:
+        return _evaluate_only(ctx, model, masks, data, weights, method_dir)
+    prune_record = ctx.run.stage_result(f"{method}_prune") or {}
+    record = finetune_method(ctx, model, masks, data, ctx.run.sub(method_dir.name), f"{method}_finetune", title,
+                             prune_record.get("pre_acc"))
+    say(f"fine-tuning files: {method_dir}/finetune_log.csv, model_best.pth.tar, checkpoint_last.pth.tar")
+    return record
+
+
+def _evaluate_only(ctx: Context, model, masks: dict, data, weights: Path, method_dir: Path) -> dict:
+    from prunelimit.pruning import apply_masks
+
+    best = method_dir / "model_best.pth.tar"
+    source = weights
+    if best.exists() and weights.name == PRUNED_FILE:
+        load_weights(model, best)
+        source = best
+    apply_masks(model, masks)
+    m = evaluator(ctx.cfg, eval_loader(ctx.cfg, data.test, ctx.cfg.finetune.batch_size, ctx.device), ctx.device,
+                  data.num_classes, with_l1=False)(model)
+    n = sum(v.numel() for v in masks.values())
+    pruned = sum(int((~v).sum()) for v in masks.values())
+    zeros = sum(int((p.detach()[~masks[k]] == 0).sum()) for k, p in model.named_parameters() if k in masks)
+    say(f"evaluated {source}: test top-1 {m['top1']:.2f} %, top-5 {m['top5']:.2f} %, loss {m['loss']:.4f}; "
+        f"sparsity {pruned / n:.4f} ({pruned:,} of {n:,} prunable weights, {zeros:,} of them exactly zero)")
+    return {"source": str(source), **{k: m[k] for k in ("top1", "top5", "loss")}, "sparsity": pruned / n}
+

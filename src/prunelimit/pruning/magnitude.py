@@ -1,0 +1,61 @@
+"""Global magnitude pruning (GP): remove the k smallest |w| of the whole network.
+
+k = floor(sparsity * N + 0.5) (round half up). Exactly k weights are pruned, every pruned |w| is <=
+every kept |w|, and ties at the threshold are broken by (layer order, flat index): the earliest
+tied weights go first. The selection never concatenates the layers (see ``select.py``).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .prunable import prunable_parameters
+from .select import Cut, Pool, Workspace, check_sparsity, key_space, kth_key, prune_count, resolve_cuts, smallest_cuts
+
+RULES = ("exact", "original")
+
+
+def prunable_layers(model: nn.Module, include=None, exclude=None) -> tuple[list[str], list[Tensor]]:
+    """Names and weights of the prunable parameters, in module order; ValueError when there are none."""
+    params = prunable_parameters(model, include, exclude)
+    if not params:
+        raise ValueError(f"model {type(model).__name__} has no prunable parameters (no nn.Conv2d/nn.Linear "
+                         f"weights); select some with include=[...] patterns")
+    return [n for n, _ in params], [p for _, p in params]
+
+
+def global_magnitude_cuts(names: Sequence[str], weights: Sequence[Tensor], k: int, *, rule: str = "exact",
+                          want_masks: bool = False, want_counts: bool = True,
+                          ws: Workspace | None = None) -> tuple[list[Cut], list[Tensor | None]]:
+    """Per-layer GP decisions for a prune count k (and the masks, built in the same pass)."""
+    ws = ws or Workspace(key_space(weights, names), weights)
+    pools = [Pool(w, w.numel()) for w in weights]
+    if rule == "original" and k > 0:
+        # The original keeps |w| >= the k-th smallest magnitude: hand out none of the tied copies.
+        t, _ = kth_key(pools, k, ws)
+        cuts, masks, _ = resolve_cuts(pools, t, 0, ws, want_masks=want_masks, want_counts=want_counts)
+        return cuts, masks
+    cuts, masks, _ = smallest_cuts(pools, k, ws, want_masks=want_masks, want_counts=want_counts)
+    return cuts, masks
+
+
+def global_magnitude_masks(model: nn.Module, sparsity: float, *, include=None, exclude=None,
+                           rule: str = "exact") -> dict[str, torch.Tensor]:
+    """Masks for global magnitude pruning at ``sparsity`` (fraction removed).
+
+    Returns ``{parameter name: bool tensor}`` of each prunable parameter's shape and device, True =
+    kept. ``rule="exact"`` (default) prunes exactly k = floor(sparsity*N + 0.5) weights.
+    ``rule="original"`` reproduces the published code: threshold = the k-th smallest |w| and keep
+    |w| >= threshold, which prunes k-1 weights when there are no ties (fewer with ties). The original
+    also pooled one uninitialised element with the weights; that is not reproduced.
+    """
+    p = check_sparsity(sparsity)
+    if rule not in RULES:
+        raise ValueError(f"rule={rule!r} is not known; use one of {', '.join(RULES)}")
+    names, weights = prunable_layers(model, include, exclude)
+    k = prune_count(p, sum(w.numel() for w in weights))
+    with torch.no_grad():
+        _, masks = global_magnitude_cuts(names, weights, k, rule=rule, want_masks=True, want_counts=False)
+    return dict(zip(names, masks))

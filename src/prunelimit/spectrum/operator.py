@@ -1,0 +1,328 @@
+"""Hessian-vector products of the mean training loss over a whole dataset.
+
+``HessianOperator`` represents H = d²L/dθ² with L = (1/N) Σ_b n_b · loss_b + regularizer, where
+loss_b is the mean loss of batch b (n_b samples) and N the total sample count over all batches
+(and, under DDP, over all ranks). It is never formed: ``matvec(v)`` returns H v by double
+back-propagation (Pearlmutter's trick), ``matmat(V)`` does several vectors in one backward pass.
+
+Speed: with ``cache_graph`` the first-order gradient g = Σ_b (n_b/N) ∇loss_b is built ONCE with
+``create_graph=True`` and kept, so every HVP is a single ``autograd.grad(g, θ, grad_outputs=v)``
+over the cached graphs. Without it each HVP re-runs forward + backward on every batch (what
+PyHessian does with a dataloader). Caching holds every batch's activations, so ``"auto"`` caches
+only while the data is small (≤ ``CACHE_MAX_SAMPLES`` samples per rank) and, on CUDA, while free
+memory stays comfortable; past that it falls back to recomputing.
+"""
+from __future__ import annotations
+
+import collections.abc
+import contextlib
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from prunelimit import dist
+
+CACHE_MAX_SAMPLES = 20_000
+# CUDA: stop caching when free memory falls below this fraction of the device (room for HVPs, basis).
+_CUDA_FREE_FRACTION = 0.25
+HESSIAN_MODULES = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+def hessian_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """Weights and biases of every Conv1d/Conv2d/Linear module (norm layers excluded, SPEC B3)."""
+    out: list[tuple[str, nn.Parameter]] = []
+    seen: set[int] = set()
+    for mname, module in model.named_modules():
+        if not isinstance(module, HESSIAN_MODULES):
+            continue
+        for pname, p in module.named_parameters(recurse=False):
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out.append((f"{mname}.{pname}" if mname else pname, p))
+    return out
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    """Run in eval mode (dropout off, batch-norm running stats) and restore each module's flag."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _batch_size(inputs, targets) -> int:
+    ref = targets if isinstance(targets, torch.Tensor) and targets.ndim > 0 else inputs
+    if not isinstance(ref, torch.Tensor) or ref.ndim == 0:
+        raise ValueError("each batch must be (inputs, targets) with a leading batch dimension; "
+                         f"got inputs of type {type(inputs).__name__}")
+    return int(ref.shape[0])
+
+
+def _flat(grads: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor],
+          batch: int | None = None) -> torch.Tensor:
+    """Concatenate per-parameter gradients into one flat vector (or (batch, dim) rows);
+    ``None`` (a parameter the output does not depend on) becomes zeros."""
+    parts = []
+    for g, p in zip(grads, params):
+        if g is None:
+            shape = (p.numel(),) if batch is None else (batch, p.numel())
+            parts.append(torch.zeros(shape, dtype=p.dtype, device=p.device))
+        else:
+            parts.append(g.reshape(-1) if batch is None else g.reshape(batch, -1))
+    return torch.cat(parts, dim=-1)
+
+
+class HessianOperator:
+    """H of the size-weighted mean loss over ``batches`` (+ ``regularizer``) w.r.t. ``params``.
+
+    ``batches`` must be re-iterable (a list or a DataLoader); each item is ``(inputs, targets)`` and
+    ``loss_fn(model(inputs), targets)`` must return the batch's MEAN loss. Under DDP each rank passes
+    its own shard; HVPs and counts are summed over ranks so every rank sees the full-data H v.
+    Random augmentation in ``batches`` changes H between passes: use deterministic transforms.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, batches: Iterable, *,
+                 params: Sequence[tuple[str, nn.Parameter]] | None = None,
+                 regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
+                 device: torch.device | str | None = None, cache_graph: bool | str = "auto",
+                 show_progress: bool = False):
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module  # DDP's hooks do not support double backward; its module does
+        named = hessian_parameters(model) if params is None else list(params)
+        if not named:
+            what = ("has no trainable Conv1d/Conv2d/Linear parameters" if params is None
+                    else "was given an empty params list")
+            raise ValueError(f"model {type(model).__name__} {what}, so there is no Hessian to take; pass "
+                             "params=[(name, parameter), ...] with the parameters to differentiate")
+        for name, p in named:
+            if not isinstance(p, torch.Tensor) or not p.requires_grad:
+                raise ValueError(f"params entry {name!r} is not a tensor that requires grad; "
+                                 "pass (name, nn.Parameter) pairs of trainable parameters")
+        modes = {True: True, False: False, "true": True, "false": False, "auto": "auto"}
+        key = cache_graph.lower() if isinstance(cache_graph, str) else cache_graph
+        if not isinstance(key, (bool, str)) or key not in modes:
+            raise ValueError(f"cache_graph={cache_graph!r} is invalid; use True, False or 'auto' "
+                             "(SpectrumConfig's 'true'/'false' strings work too)")
+        cache_graph = modes[key]
+        if isinstance(batches, collections.abc.Iterator):
+            raise ValueError("batches is a one-shot iterator; pass something re-iterable such as a "
+                             "list of (inputs, targets) or a DataLoader")
+        self.model, self.loss_fn, self.batches = model, loss_fn, batches
+        self.regularizer = regularizer
+        self.param_names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.shapes = [p.shape for p in self.params]
+        self.sizes = [p.numel() for p in self.params]
+        self.dim = sum(self.sizes)
+        self.dtype = self.params[0].dtype
+        if any(p.dtype != self.dtype for p in self.params):
+            raise ValueError(f"params of model {type(model).__name__} mix dtypes "
+                             f"{sorted({str(p.dtype) for p in self.params})}; convert the model to one dtype")
+        self.device = torch.device(device) if device is not None else self.params[0].device
+        for name, p in named:
+            if p.device != self.device:
+                raise ValueError(f"parameter {name!r} is on {p.device} but device={self.device}; "
+                                 f"move the model first with model.to({str(self.device)!r})")
+        self.show_progress = show_progress
+        self.num_matvecs = 0
+        # matmat batches its vectors through one vmap'd backward on CUDA. On CPU that measured 1.4-2x
+        # SLOWER than a loop of single HVPs (MLP and CNN), so there it loops. Settable for tests.
+        self.batched_hvp = self.device.type == "cuda"
+        with torch.enable_grad():  # graphs are needed even when built inside torch.no_grad()
+            self._build(cache_graph)
+
+    # ------------------------------------------------------------------ construction
+    def _batches(self, desc: str):
+        """Yield (inputs, targets, n) on the operator's device, with an optional progress bar."""
+        bar = tqdm(self.batches, desc=desc, leave=False,
+                   disable=not (self.show_progress and dist.is_main()))
+        for i, item in enumerate(bar):
+            try:
+                inputs, targets = item
+            except (TypeError, ValueError):
+                raise ValueError(f"batch {i} is not an (inputs, targets) pair; got {type(item).__name__}") from None
+            yield inputs.to(self.device), targets.to(self.device), _batch_size(inputs, targets)
+
+    def _batch_loss(self, inputs, targets, i: int) -> torch.Tensor:
+        loss = self.loss_fn(self.model(inputs), targets)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise ValueError(f"loss_fn must return the batch's mean loss as a scalar tensor; batch {i} "
+                             f"gave {type(loss).__name__} of shape {getattr(loss, 'shape', None)}")
+        return loss.reshape(())
+
+    def _cache_full(self, count: int) -> bool:
+        if count > CACHE_MAX_SAMPLES:
+            return True
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            return free < _CUDA_FREE_FRACTION * total
+        return False
+
+    def _build(self, cache_graph: bool | str) -> None:
+        """One pass over the data: count samples, check the loss, and (maybe) cache gradient graphs."""
+        caching = cache_graph in (True, "auto")
+        grads: list[tuple[int, torch.Tensor]] = []  # (n_b, flat gradient of batch b with its graph)
+        count, loss_sum, bad_batch = 0, torch.zeros((), dtype=torch.float64), -1
+        with _eval_mode(self.model):
+            for i, (x, y, n) in enumerate(self._batches("Hessian: caching gradient graphs"
+                                                          if caching else "Hessian: checking loss")):
+                if caching:
+                    loss = self._batch_loss(x, y, i)
+                    g = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+                    grads.append((n, _flat(g, self.params)))
+                else:
+                    with torch.no_grad():
+                        loss = self._batch_loss(x, y, i)
+                if not torch.isfinite(loss).item() and bad_batch < 0:
+                    bad_batch = i
+                loss_sum += loss.detach().double().cpu() * n
+                count += n
+                if caching and cache_graph == "auto" and self._cache_full(count):
+                    caching, grads = False, []  # too big to keep: recompute per HVP instead
+        stats = torch.tensor([float(count), loss_sum.item(), float(bad_batch >= 0)], dtype=torch.float64,
+                             device=self.device)
+        dist.all_reduce_sum(stats)
+        if stats[2].item() > 0:
+            where = f"batch {bad_batch}" if bad_batch >= 0 else "a batch on another rank"
+            raise ValueError(f"the loss at the current weights is not finite ({where}); the model or data "
+                             "contains inf/nan — check the checkpoint and the inputs before the Hessian")
+        if stats[0].item() == 0:
+            raise ValueError("batches is empty; pass at least one (inputs, targets) batch")
+        self.local_count, self.num_samples = count, int(stats[0].item())
+        self.loss = stats[1].item() / self.num_samples
+        self.cached = caching
+        self._graph = None
+        if caching:
+            # g = Σ_b (n_b / N) g_b: one graph whose backward is the full-data HVP (this rank's share).
+            self._graph = sum(g * (n / self.num_samples) for n, g in grads)
+        self._reg_graph = None
+        if self.regularizer is not None:
+            reg = self.regularizer(self.model)
+            if not isinstance(reg, torch.Tensor) or reg.numel() != 1 or not torch.isfinite(reg).item():
+                raise ValueError(f"regularizer(model) must return a finite scalar tensor; got {reg!r}")
+            self.loss += reg.item()
+            if reg.requires_grad:
+                self._reg_graph = _flat(torch.autograd.grad(reg.reshape(()), self.params, create_graph=True,
+                                                            allow_unused=True), self.params)
+        self._gradient = None
+
+    # ------------------------------------------------------------------ products
+    def _backward(self, graph: torch.Tensor, V: torch.Tensor, retain: bool) -> torch.Tensor:
+        """(k, dim) rows of V·∂graph/∂θ; for graph = ∇L this is (H V^T)^T = V H (H symmetric)."""
+        k = V.shape[0]
+        if not graph.requires_grad:  # the gradient does not depend on θ: H = 0 here
+            return torch.zeros_like(V)
+        if k > 1 and self.batched_hvp:
+            try:
+                out = torch.autograd.grad(graph, self.params, grad_outputs=V, retain_graph=True,
+                                          allow_unused=True, is_grads_batched=True)
+                return _flat(out, self.params, batch=k)
+            except (RuntimeError, NotImplementedError):
+                self.batched_hvp = False  # some op lacks a vmap rule: loop over the vectors instead
+        rows = []
+        for i in range(k):
+            out = torch.autograd.grad(graph, self.params, grad_outputs=V[i],
+                                      retain_graph=retain or i < k - 1, allow_unused=True)
+            rows.append(_flat(out, self.params))
+        return torch.stack(rows)
+
+    def _local_hvp(self, V: torch.Tensor) -> torch.Tensor:
+        if self.cached:
+            return self._backward(self._graph, V, retain=True)
+        out, count = torch.zeros_like(V), 0
+        with _eval_mode(self.model):
+            for i, (x, y, n) in enumerate(self._batches("Hessian: HVP")):
+                loss = self._batch_loss(x, y, i)
+                g = _flat(torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True),
+                          self.params)
+                out += self._backward(g, V, retain=False) * (n / self.num_samples)
+                count += n
+        if count != self.local_count:
+            raise ValueError(f"batches gave {count} samples in this pass but {self.local_count} when the "
+                             "operator was built; the data must be the same on every pass (no drop_last "
+                             "with shuffling, no changing dataset)")
+        return out
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        """H applied to each row of ``V`` (k, dim); returns (k, dim) in V's dtype and device."""
+        if V.ndim != 2 or V.shape[1] != self.dim:
+            raise ValueError(f"vectors must have shape (k, {self.dim}); got {tuple(V.shape)}")
+        W = V.detach().to(device=self.device, dtype=self.dtype)
+        with torch.enable_grad():
+            out = self._local_hvp(W)
+        dist.all_reduce_sum(out)
+        if self._reg_graph is not None:  # added after the reduction so it counts once, not per rank
+            out += self._backward(self._reg_graph, W, retain=True)
+        self.num_matvecs += V.shape[0]
+        return out.to(device=V.device, dtype=V.dtype)
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """H v for a flat vector of length ``dim``; returned in v's dtype and device."""
+        if v.ndim != 1 or v.numel() != self.dim:
+            raise ValueError(f"vector must be 1-D of length dim={self.dim}; got shape {tuple(v.shape)}")
+        return self.matmat(v.unsqueeze(0)).squeeze(0)
+
+    def gradient(self) -> torch.Tensor:
+        """Flat full-data gradient ∇L (with the regularizer), detached, on the operator's device."""
+        if self._gradient is None:
+            self._gradient = self._full_gradient()
+        return self._gradient.clone()
+
+    @torch.enable_grad()
+    def _full_gradient(self) -> torch.Tensor:
+        if self.cached:
+            g = self._graph.detach().clone()
+        else:
+            g = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+            with _eval_mode(self.model):
+                for i, (x, y, n) in enumerate(self._batches("Hessian: gradient")):
+                    grads = torch.autograd.grad(self._batch_loss(x, y, i), self.params, allow_unused=True)
+                    g += _flat(grads, self.params) * (n / self.num_samples)
+        dist.all_reduce_sum(g)
+        if self._reg_graph is not None:
+            g += self._reg_graph.detach()
+        return g
+
+    def split(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A flat vector cut into per-parameter views keyed by parameter name."""
+        return {n: t.view(s) for n, t, s in zip(self.param_names, v.split(self.sizes), self.shapes)}
+
+    def offsets(self) -> dict[int, tuple[str, int]]:
+        """id(parameter) -> (name, offset of its first element in the flat vector)."""
+        out, start = {}, 0
+        for name, p, size in zip(self.param_names, self.params, self.sizes):
+            out[id(p)] = (name, start)
+            start += size
+        return out
+
+
+class MatrixOperator:
+    """An explicit symmetric matrix with the operator interface (tests, small problems, checks)."""
+
+    def __init__(self, matrix: torch.Tensor):
+        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise ValueError(f"matrix must be square; got shape {tuple(matrix.shape)}")
+        self.matrix = matrix
+        self.dim = matrix.shape[0]
+        self.dtype, self.device = matrix.dtype, matrix.device
+        self.num_matvecs = 0
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        self.num_matvecs += V.shape[0]
+        return (V.to(self.matrix) @ self.matrix).to(V)  # V H = (H V^T)^T, H symmetric
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self.matmat(v.unsqueeze(0)).squeeze(0)
+
+
+def apply_operator(op, V: torch.Tensor) -> torch.Tensor:
+    """H V^T row-wise for any operator: its ``matmat`` if it has one, else ``matvec`` per row."""
+    if hasattr(op, "matmat"):
+        return op.matmat(V)
+    return torch.stack([op.matvec(v) for v in V])

@@ -1,0 +1,70 @@
+"""Spectrum plots (matplotlib, Agg backend), written atomically and only on rank 0.
+
+Figures are built with ``matplotlib.figure.Figure`` (Agg canvas) instead of pyplot, so plotting never
+switches the user's global backend or leaks open figures."""
+from __future__ import annotations
+
+import io
+import os
+
+import torch
+
+from prunelimit import dist
+from prunelimit.runs.io import atomic_write_bytes
+
+
+def _figure(nrows: int = 1, height: float = 4.0):
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(6.4, height))
+    return fig, fig.subplots(nrows, 1, squeeze=False)
+
+
+def _save(fig, path) -> str | None:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=120)
+    if not dist.is_main():
+        return None
+    atomic_write_bytes(path, buf.getvalue())  # temp file in the same folder, then os.replace
+    return os.fspath(path)
+
+
+def plot_density(path, grid, density, nodes, weights) -> str | None:
+    """Log-scale spectral density (like PyHessian's plot) above the SLQ nodes with their weights."""
+    grid, density = torch.as_tensor(grid).double(), torch.as_tensor(density).double()
+    nodes, weights = torch.as_tensor(nodes).double(), torch.as_tensor(weights).double()
+    fig, axes = _figure(2, 6.0)
+    ax = axes[0, 0]
+    positive = density[density > 0]
+    floor = positive.min().item() if positive.numel() else 1e-30
+    ax.semilogy(grid.numpy(), density.clamp_min(floor).numpy())  # log scale cannot show exact zeros
+    ax.set_ylabel("Density (Log Scale)")
+    ax.set_title("Hessian eigenvalue density (SLQ, Gaussian kernel)")
+    ax2 = axes[1, 0]
+    keep = weights > 0
+    ax2.vlines(nodes[keep].numpy(), weights[keep].min().item() if keep.any() else 1e-30,
+               weights[keep].numpy(), linewidth=1)
+    ax2.set_yscale("log")
+    ax2.set_xlim(ax.get_xlim())
+    ax2.set_xlabel("Eigenvalue")
+    ax2.set_ylabel("Quadrature weight")
+    return _save(fig, path)
+
+
+def plot_row_norms(path, row_result) -> str | None:
+    """Hessian-row L1 norm of the weight at each magnitude quantile; flat rows (below the cut) in red."""
+    r = row_result
+    x = (r.quantile * 100).numpy()
+    floor = r.threshold / 10  # zero rows drawn just below the threshold so the log axis can show them
+    y = r.row_l1.clamp_min(floor).numpy()
+    flat = r.flat.numpy()
+    fig, axes = _figure(1, 4.0)
+    ax = axes[0, 0]
+    ax.semilogy(x[~flat], y[~flat], "o", markersize=3, label="curved")
+    ax.semilogy(x[flat], y[flat], "o", color="red", markersize=3, label="flat (< threshold)")
+    ax.axhline(r.threshold, color="gray", linestyle="--", linewidth=1, label=f"threshold {r.threshold:g}")
+    ax.set_xlabel("|w| quantile of the prunable weights (%)")
+    ax.set_ylabel("Hessian row L1 norm")
+    ax.set_title(f"Important eigenvalues: q = {r.flat_fraction:.3f} ({r.flat_count}/{len(r.param_name)} flat)")
+    ax.legend(loc="best", fontsize=8)
+    return _save(fig, path)

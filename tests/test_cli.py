@@ -1,0 +1,188 @@
+"""The CLI as a user runs it: prune / finetune / run / validate / ls, files on disk, and bad input."""
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+
+from prunelimit import create_model, load_masks
+from prunelimit.cli.main import main
+from prunelimit.pruning.prunable import prunable_parameters
+
+
+def run_cli(*args) -> int:
+    return main([str(a) for a in args])
+
+
+def rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def tiny_checkpoint(tmp_path, fmt="wrapped", seed=0):
+    torch.manual_seed(seed)
+    model = create_model("fc_small", num_classes=10, input_shape=(1, 8, 8))
+    sd = model.state_dict()
+    if fmt == "module":
+        sd = {f"module.{k}": v for k, v in sd.items()}
+    obj = {"state_dict": sd, "epoch": 3} if fmt == "wrapped" else sd
+    path = tmp_path / f"dense_{fmt}.pth"
+    torch.save(obj, path)
+    return path, model
+
+
+def test_prune_gp_mt_without_dataset_writes_the_original_files(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli("prune", "--model", "tiny_cnn", "--sparsity", "0.8", "--min-threshold", "5",
+                   "--out", out, "--no-progress") == 0
+    text = capsys.readouterr().out
+    assert "NOT evaluated" in text
+    d = out / "gp_mt"
+    for name in ("prune_log.csv", "layer_sparsities.csv", "prune_refined_log.csv", "prunedmodel.pth.tar",
+                 "weight_mask.safetensors"):
+        assert (d / name).exists(), name
+    state = torch.load(d / "prunedmodel.pth.tar", weights_only=True)["state_dict"]
+    masks = load_masks(d / "weight_mask.safetensors")
+    n = sum(m.numel() for m in masks.values())
+    pruned = sum(int((~m).sum()) for m in masks.values())
+    assert pruned == math.floor(0.8 * n + 0.5)
+    for name, m in masks.items():
+        assert torch.all(state[name][~m] == 0)
+    floor = int(n * 5 / 100)
+    for m in masks.values():
+        assert int(m.sum()) >= min(m.numel(), floor)
+    refined = rows(d / "prune_refined_log.csv")
+    assert refined[-1]["Layer Index"] == "Total" and int(refined[-1]["Weights Pruned"]) == pruned
+    assert [r["Layer Name"] for r in refined[:-1]] == list(masks)
+    sparsities = rows(d / "layer_sparsities.csv")
+    assert sum(int(r["Kept Weights"]) for r in sparsities) == n - pruned
+
+
+@pytest.mark.parametrize("fmt", ["plain", "wrapped", "module"])
+def test_prune_accepts_checkpoint_formats_and_evaluates(tmp_path, capsys, fmt):
+    ckpt, model = tiny_checkpoint(tmp_path, fmt)
+    out = tmp_path / f"run_{fmt}"
+    assert run_cli("prune", "--model", "fc_small", "--checkpoint", ckpt, "--dataset", "digits", "--sparsity", "0.5",
+                   "--out", out, "--no-progress") == 0
+    log = rows(out / "gp" / "prune_log.csv")
+    assert log[-1]["Post Accuracy"] != "" and log[0]["Pre Accuracy"] != ""
+    masks = load_masks(out / "gp" / "weight_mask.safetensors")
+    # GP keeps the largest |w| of the checkpoint's weights: compare with an independent sort
+    ws = torch.cat([p.detach().abs().flatten() for _, p in prunable_parameters(model)])
+    k = math.floor(0.5 * ws.numel() + 0.5)
+    kept = torch.cat([m.flatten() for m in masks.values()])
+    assert ws[kept].min() >= ws[~kept].max() and int((~kept).sum()) == k
+
+
+def test_finetune_resume_and_evaluate(tmp_path, capsys):
+    ckpt, _ = tiny_checkpoint(tmp_path)
+    out = tmp_path / "run"
+    assert run_cli("prune", "--model", "fc_small", "--checkpoint", ckpt, "--sparsity", "0.9", "--out", out,
+                   "--input-shape", "1,8,8", "--no-progress") == 0
+    # the prune run had no dataset: finetune says how to give one
+    assert run_cli("finetune", out, "--epochs", "2") == 2
+    assert "--dataset" in capsys.readouterr().err
+    assert run_cli("finetune", out, "--dataset", "digits", "--epochs", "2", "--batch-size", "64", "--lr", "0.01",
+                   "--no-progress") == 0
+    log = rows(out / "gp" / "finetune_log.csv")
+    assert [r["Epoch"] for r in log] == ["1", "2"]
+    best = torch.load(out / "gp" / "model_best.pth.tar", weights_only=True)["state_dict"]
+    masks = load_masks(out / "gp" / "weight_mask.safetensors")
+    assert all(torch.all(best[k][~m] == 0) for k, m in masks.items())
+    capsys.readouterr()
+    assert run_cli("finetune", out, "--dataset", "digits", "--epochs", "2", "--batch-size", "64", "--lr", "0.01",
+                   "--no-progress") == 0
+    assert "finished earlier" in capsys.readouterr().out
+    assert run_cli("finetune", out, "--dataset", "digits", "--evaluate") == 0
+    assert "sparsity 0.9000" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["prune", "--model", "fc_small", "--dataset", "digits", "--sparsity", "1.5"], "sparsity"),
+    (["prune", "--model", "fc_small", "--dataset", "digits", "--sparsity", "-0.1"], "sparsity"),
+    (["prune", "--model", "resnet5", "--sparsity", "0.5"], "resnet50"),
+    (["prune", "--model", "fc_small", "--dataset", "digitz", "--sparsity", "0.5"], "digits"),
+    (["prune", "--model", "fc_small", "--dataset", "digits", "--sparsity", "0.99", "--min-threshold", "50"],
+     "largest feasible"),
+    (["prune", "--model", "fc_small", "--dataset", "digits", "--sparsity", "0.5", "--min-threshold", "-1"],
+     "min_threshold"),
+    (["prune", "--model", "fc_small", "--dataset", "digits", "--checkpoint", "/nonexistent.pth"], "does not exist"),
+    (["prune", "--model", "fc_small", "--dataset", "mnist", "--data-path", "/nonexistent"], "/nonexistent"),
+    (["prune"], "--model"),
+    (["finetune", "/nonexistent/run"], "does not exist"),
+    (["report", "/nonexistent/run"], "summary.json"),
+])
+def test_bad_input_is_one_clear_error(tmp_path, capsys, args, needle):
+    assert run_cli(*args, *(["--out", tmp_path / "o"] if args[0] == "prune" else [])) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and needle in err and "Traceback" not in err
+
+
+def test_checkpoint_for_another_model_names_the_keys(tmp_path, capsys):
+    torch.save(create_model("tiny_mlp", num_classes=10, input_shape=(1, 8, 8)).state_dict(), tmp_path / "m.pth")
+    assert run_cli("prune", "--model", "fc_small", "--dataset", "digits", "--checkpoint", tmp_path / "m.pth",
+                   "--out", tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert "does not fit" in err and "missing" in err
+
+
+def test_truncated_checkpoint(tmp_path, capsys):
+    ckpt, _ = tiny_checkpoint(tmp_path)
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2])
+    assert run_cli("prune", "--model", "fc_small", "--checkpoint", ckpt, "--input-shape", "1,8,8",
+                   "--out", tmp_path / "o") == 2
+    assert "corrupt or truncated" in capsys.readouterr().err
+
+
+def test_mask_file_for_another_model(tmp_path, capsys):
+    ckpt, _ = tiny_checkpoint(tmp_path)
+    assert run_cli("prune", "--model", "tiny_cnn", "--sparsity", "0.5", "--out", tmp_path / "cnn", "--no-progress") == 0
+    assert run_cli("finetune", "--model", "fc_small", "--checkpoint", ckpt, "--masks",
+                   tmp_path / "cnn" / "gp" / "weight_mask.safetensors", "--dataset", "digits",
+                   "--out", tmp_path / "ft") == 2
+    assert "another model" in capsys.readouterr().err
+
+
+def test_model_needing_input_shape_says_which_flag(tmp_path, capsys):
+    assert run_cli("prune", "--model", "fc_small", "--out", tmp_path / "o") == 2
+    assert "--input-shape" in capsys.readouterr().err
+
+
+def test_validate_and_ls(capsys):
+    assert run_cli("validate", "--quiet", "default", "FC_CIFAR10_l1", "GP_ResNet50_ImageNet") == 0
+    assert capsys.readouterr().out.count("OK") == 3
+    assert run_cli("ls") == 0
+    text = capsys.readouterr().out
+    for name in ("resnet50", "wrn-28-8", "fc_small", "digits", "imagenet", "FC_CIFAR10_l1"):
+        assert name in text
+
+
+def test_run_embedded_default_small(tmp_path, capsys):
+    """The default pipeline end to end, shortened: limit stages, then GP and GP+MT at the prediction."""
+    out = tmp_path / "default"
+    args = ["run", "train.epochs=15", "limit.sweep_points=100", "spectrum.lanczos_iter=24",
+            "spectrum.trace_samples=4", "finetune.epochs=1", "--out", out, "--no-progress"]
+    assert run_cli(*args) == 0
+    text = capsys.readouterr().out
+    assert "predicted (Gaussian width fixed point)" in text and "GP+MT" in text
+    lim = out / "limit"
+    for name in ("sweep.csv", "result.json", "result.txt", "spectrum.json", "density.csv", "sweep.png",
+                 "gaussian_width.png", "spectral_density.png"):
+        assert (lim / name).exists(), name
+    assert len((lim / "result.txt").read_text().splitlines()) == 3
+    assert len(rows(lim / "sweep.csv")) == 100
+    for method in ("gp", "gp_mt"):
+        for name in ("prune_log.csv", "prunedmodel.pth.tar", "weight_mask.safetensors", "finetune_log.csv",
+                     "model_best.pth.tar", "checkpoint_last.pth.tar"):
+            assert (out / method / name).exists(), (method, name)
+    assert (out / "gp_mt" / "layer_sparsities.csv").exists()
+    # a rerun skips every finished stage
+    assert run_cli(*args) == 0
+    assert capsys.readouterr().out.count("finished earlier") >= 4
+    assert run_cli("report", out) == 0
+    # the same directory with a different fine-tuning recipe is refused, naming the key, not silently reused
+    assert run_cli(*args, "finetune.lr=0.5") == 2
+    assert "finetune.lr: 0.01 -> 0.5" in capsys.readouterr().err
