@@ -60,6 +60,20 @@ def test_prune_gp_mt_without_dataset_writes_the_original_files(tmp_path, capsys)
     assert sum(int(r["Kept Weights"]) for r in sparsities) == n - pruned
 
 
+def test_the_issue_command_resnet50_gp_mt_without_dataset(tmp_path, capsys):
+    out = tmp_path / "r50"
+    assert run_cli("prune", "--model", "resnet50", "--sparsity", "0.9", "--min-threshold", "0.05", "--out", out,
+                   "--no-progress") == 0
+    sizes = rows(out / "gp_mt" / "layer_sparsities.csv")
+    n = sum(int(r["Layer Weights"]) for r in sizes)
+    assert n == 25_502_912
+    floor = int(n * 0.05 / 100)
+    kept = [int(r["Kept Weights"]) for r in sizes]
+    assert sum(kept) == n - math.floor(0.9 * n + 0.5)
+    assert all(k >= min(int(r["Layer Weights"]), floor) for k, r in zip(kept, sizes))
+    assert "clamped by the floor" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("fmt", ["plain", "wrapped", "module"])
 def test_prune_accepts_checkpoint_formats_and_evaluates(tmp_path, capsys, fmt):
     ckpt, model = tiny_checkpoint(tmp_path, fmt)

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.func import functional_call
 
-pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # ~15 s: two fresh interpreters import torch
+pytestmark = [pytest.mark.distributed]  # ~10-15 s: two fresh interpreters import torch
 
 
 def _free_port() -> int:

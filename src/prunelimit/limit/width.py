@@ -79,8 +79,12 @@ def loss_epsilon(model: nn.Module, batches: Iterable, loss_fn: Callable, *, devi
     ``batches`` yields ``(inputs, targets)``; ``loss_fn(output, targets)`` returns the batch-mean loss.
     ``ddof=1`` (sample std, our default) needs two or more batches; the original used ``np.std``, i.e.
     ``ddof=0``, which is ~1/(2 n_batches) smaller. The original also added the L1 term to every batch
-    loss; a constant shift does not change the std, so it is left out. Under torchrun the std is over
-    the batches of all ranks; the returned per-batch losses are this rank's.
+    loss; a constant shift does not change the std, so it is left out.
+
+    Under torchrun each rank's batch i must be its share of the global minibatch i (the pipeline shards
+    the data as indices rank::world with per-rank batch = batch/world): per-batch loss sums and counts are
+    all-reduced by batch index, so epsilon is the std over the same global minibatches as in one process.
+    The returned per-batch losses are those global minibatch means.
     """
     if ddof not in (0, 1):
         raise ValueError(f"ddof must be 0 (population std, the original's np.std) or 1 (sample std); got {ddof}")
@@ -89,28 +93,33 @@ def loss_epsilon(model: nn.Module, batches: Iterable, loss_fn: Callable, *, devi
         device = first.device if first is not None else torch.device("cpu")
     was_training = model.training
     model.eval()
-    losses: list[float] = []
+    sums: list[float] = []    # per local batch: mean loss x count
+    counts: list[float] = []
     try:
-        for batch in batches:
-            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-                raise ValueError("loss_epsilon expects batches of (inputs, targets); got "
-                                 f"{type(batch).__name__}")
-            x, y = batch[0].to(device), batch[1].to(device)
-            losses.append(float(loss_fn(model(x), y)))
+        with torch.no_grad():
+            for batch in batches:
+                if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+                    raise ValueError("loss_epsilon expects batches of (inputs, targets); got "
+                                     f"{type(batch).__name__}")
+                x, y = batch[0].to(device), batch[1].to(device)
+                sums.append(float(loss_fn(model(x), y)) * len(y))
+                counts.append(float(len(y)))
     finally:
         model.train(was_training)
-    arr = np.asarray(losses, dtype=np.float64)
-    # [count, sum, sum of squares] summed over ranks gives the std over every batch of the data set.
-    stats = dist.all_reduce_sum(torch.tensor([arr.size, arr.sum(), np.square(arr).sum()], dtype=torch.float64,
-                                             device=device))
-    n, s1, s2 = (float(v) for v in stats.cpu())
-    if n < 2:
-        raise ValueError(f"loss_epsilon needs at least 2 minibatches to take a standard deviation; got {int(n)}. "
-                         f"Use a smaller batch size or give epsilon as a number")
     if dist.is_distributed():
-        eps = math.sqrt(max(s2 - s1 * s1 / n, 0.0) / (n - ddof))
-    else:
-        eps = float(np.std(arr, ddof=ddof))
+        lengths = torch.zeros(dist.world_size(), dtype=torch.float64, device=device)
+        lengths[dist.rank()] = len(sums)
+        n_batches = int(dist.all_reduce_sum(lengths).max().item())
+        table = torch.zeros(2, n_batches, dtype=torch.float64, device=device)  # [sum, count] per global batch
+        table[0, :len(sums)] = torch.tensor(sums, dtype=torch.float64)
+        table[1, :len(counts)] = torch.tensor(counts, dtype=torch.float64)
+        dist.all_reduce_sum(table)
+        sums, counts = table[0].tolist(), table[1].tolist()
+    losses = [s_ / c for s_, c in zip(sums, counts) if c > 0]
+    if len(losses) < 2:
+        raise ValueError(f"loss_epsilon needs at least 2 minibatches to take a standard deviation; got {len(losses)}. "
+                         f"Use a smaller batch size or give epsilon as a number")
+    eps = float(np.std(np.asarray(losses, dtype=np.float64), ddof=ddof))
     if not eps > 0:
         raise ValueError("every minibatch has the same training loss, so epsilon = std = 0; give epsilon as a "
                          "number (config key epsilon)")

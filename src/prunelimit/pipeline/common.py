@@ -152,21 +152,26 @@ def train_loader(cfg: RunConfig, data: Data, batch_size: int, device: torch.devi
 
 def eval_loader(cfg: RunConfig, dataset: Dataset, batch_size: int, device: torch.device,
                 *, limit_batches: int | None = None, evaluation: bool = True) -> DataLoader:
-    """This rank's exact shard (indices rank::world, no padding) in fixed order.
+    """A fixed-order loader over ``dataset``.
 
-    ``evaluation``: batches only feed accuracy/loss means, so ``cfg.eval_batch_size`` may replace the
-    training batch size (faster sweeps). The Hessian / epsilon loader keeps the training batch size, since
-    epsilon is a statistic of training minibatches. ``limit_batches`` keeps only the first batches' worth of
-    samples (``use_full_data: false``)."""
-    if evaluation and cfg.eval_batch_size:
-        batch_size = cfg.eval_batch_size
+    ``evaluation=True``: for ``prunelimit.train.evaluate``, which shards it itself under torchrun; its
+    batches only feed means, so ``cfg.eval_batch_size`` may replace the training batch size (faster sweeps).
+    ``evaluation=False`` (Hessian, epsilon): this rank's exact shard, indices rank::world with per-rank
+    batch = batch/world, so batch i of every rank together is the one-process minibatch i (epsilon is a
+    statistic of training minibatches). ``limit_batches`` keeps only the first batches' worth of samples
+    (``use_full_data: false``)."""
     n = len(dataset)
     if limit_batches is not None:
         n = min(n, limit_batches * batch_size)
+    pin = device.type == "cuda"
+    if evaluation:
+        subset = dataset if n == len(dataset) else Subset(dataset, list(range(n)))
+        return DataLoader(subset, batch_size=cfg.eval_batch_size or batch_size, shuffle=False,
+                          num_workers=cfg.data.workers, pin_memory=pin)
     idx = list(range(dist.rank(), n, dist.world_size()))
     per_rank = max(1, batch_size // dist.world_size())
     return DataLoader(Subset(dataset, idx), batch_size=per_rank, shuffle=False, num_workers=cfg.data.workers,
-                      pin_memory=device.type == "cuda")
+                      pin_memory=pin)
 
 
 def evaluator(cfg: RunConfig, loader: DataLoader, device: torch.device, num_classes: int, *,
