@@ -55,15 +55,25 @@ def _mark_limits(ax, prediction: Prediction | None, actual, label: bool) -> None
         ax.axvline(float(p), color=color, ls=ls, lw=1.2, label=f"actual ({rule}) p={float(p):.3f}" if label else None)
 
 
-def plot_sweep(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], prediction: Prediction | None = None,
-               actual: Mapping[str, float | None] | float | None = None) -> Path | None:
-    """Accuracy (top) and loss (bottom) versus prune fraction for test and train, limits marked."""
-    if not rows:
-        raise ValueError("plot_sweep needs sweep rows; run run_sweep first")
-    rows = sorted(rows, key=lambda r: float(r["prune_fraction"]))
-    p = _column(rows, "prune_fraction")
-    fig = Figure(figsize=(7, 7))
-    ax_acc, ax_loss = fig.subplots(2, 1, sharex=True)
+def _zoom_start(p: np.ndarray, rows, prediction: Prediction | None, actual) -> float | None:
+    """Left edge of the zoomed panels: a little before the earliest marked limit (or the first drop)."""
+    marks = [] if prediction is None or prediction.limit is None else [float(prediction.limit)]
+    if isinstance(actual, Mapping):
+        marks += [float(v) for v in actual.values() if v is not None]
+    elif actual is not None:
+        marks.append(float(actual))
+    acc = _column(rows, "test_acc")
+    if np.isfinite(acc).any():
+        drop = np.nonzero(acc < np.nanmax(acc[:1]) - 1.0)[0]
+        if drop.size:
+            marks.append(float(p[drop[0]]))
+    if not marks:
+        return None
+    lo = max(0.0, min(marks) - 0.05)
+    return lo if lo > p.min() + 0.05 else None
+
+
+def _draw_sweep(ax_acc, ax_loss, p, rows, prediction, actual, label: bool) -> None:
     for key, color, name in (("test_acc", "tab:blue", "test"), ("train_acc", "black", "train")):
         y = _column(rows, key)
         if np.isfinite(y).any():
@@ -76,15 +86,39 @@ def plot_sweep(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], predi
     losses = losses[np.isfinite(losses)]
     if losses.size and losses.min() > 0 and losses.max() / losses.min() > 5:
         ax_loss.set_yscale("log")   # pruning near 1 blows the loss up by orders of magnitude
-    _mark_limits(ax_acc, prediction, actual, label=True)
+    _mark_limits(ax_acc, prediction, actual, label=label)
     _mark_limits(ax_loss, prediction, actual, label=False)
-    ax_acc.set_ylabel("accuracy (%)")
-    ax_loss.set_ylabel("loss")
     ax_loss.set_xlabel("prune_fraction p (fraction of prunable weights removed)")
     _keep_axis(ax_acc)
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+    if label:
+        ax_acc.legend(fontsize=8, loc="best")
+        ax_loss.legend(fontsize=8, loc="best")
+
+
+def plot_sweep(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], prediction: Prediction | None = None,
+               actual: Mapping[str, float | None] | float | None = None) -> Path | None:
+    """Accuracy (top) and loss (bottom) versus prune fraction for test and train, limits marked; when the
+    limits sit near p = 1 (the usual case), a second column zooms in on them."""
+    if not rows:
+        raise ValueError("plot_sweep needs sweep rows; run run_sweep first")
+    rows = sorted(rows, key=lambda r: float(r["prune_fraction"]))
+    p = _column(rows, "prune_fraction")
+    lo = _zoom_start(p, rows, prediction, actual)
+    cols = 1 if lo is None else 2
+    fig = Figure(figsize=(7 * cols, 7))
+    axes = fig.subplots(2, cols, sharex="col", squeeze=False)
+    _draw_sweep(axes[0, 0], axes[1, 0], p, rows, prediction, actual, label=True)
+    axes[0, 0].set_ylabel("accuracy (%)")
+    axes[1, 0].set_ylabel("loss")
+    if lo is not None:
+        sel = p >= lo
+        zoom_rows = [r for r, keep in zip(rows, sel) if keep]
+        _draw_sweep(axes[0, 1], axes[1, 1], p[sel], zoom_rows, prediction, actual, label=False)
+        axes[0, 1].set_title(f"zoom: p >= {lo:.3f}", fontsize=9)
+        axes[0, 1].set_xlim(lo, float(p.max()) + 0.002)
+    fig.tight_layout()
     return _save(fig, path)
 
 

@@ -36,8 +36,10 @@ def plot_density(path, grid, density, nodes, weights) -> str | None:
     fig, axes = _figure(2, 6.0)
     ax = axes[0, 0]
     positive = density[density > 0]
-    floor = positive.min().item() if positive.numel() else 1e-30
-    ax.semilogy(grid.numpy(), density.clamp_min(floor).numpy())  # log scale cannot show exact zeros
+    # log scale cannot show exact zeros; below 1e-12 of the peak there is nothing to see but kernel tails
+    floor = max(positive.min().item(), positive.max().item() * 1e-12) if positive.numel() else 1e-30
+    ax.semilogy(grid.numpy(), density.clamp_min(floor).numpy())
+    ax.set_ylim(bottom=floor)
     ax.set_ylabel("Density (Log Scale)")
     ax.set_title("Hessian eigenvalue density (SLQ, Gaussian kernel)")
     ax2 = axes[1, 0]
