@@ -203,7 +203,7 @@ def test_limit_config_defaults_and_errors():
     for kwargs, key in [(dict(epsilon="std"), "epsilon"), (dict(epsilon=-1.0), "epsilon"), (dict(epsilon=True), "epsilon"),
                         (dict(rule="max"), "rule"), (dict(delta=-1), "delta"), (dict(integer_R="yes"), "integer_R"),
                         (dict(sweep_points=1), "sweep_points"), (dict(sweep_points=10.0), "sweep_points"),
-                        (dict(adaptive=1), "adaptive"), (dict(coarse_points=5000), "coarse_points")]:
+                        (dict(adaptive=1), "adaptive"), (dict(adaptive=True, coarse_points=5000), "coarse_points"), (dict(coarse_points=1), "coarse_points")]:
         with pytest.raises(ValueError, match=f"limit.{key}"):
             LimitConfig(**kwargs)
 

@@ -39,6 +39,6 @@ class LimitConfig:
             raise ValueError(f"limit.sweep_points (the original's sparse_epoch) must be an integer >= 2; "
                              f"got {self.sweep_points!r}")
         if isinstance(self.coarse_points, bool) or not isinstance(self.coarse_points, int) \
-                or not 2 <= self.coarse_points <= self.sweep_points:
+                or self.coarse_points < 2 or (self.adaptive and self.coarse_points > self.sweep_points):
             raise ValueError(f"limit.coarse_points must be an integer in [2, sweep_points={self.sweep_points}]; "
                              f"got {self.coarse_points!r}")

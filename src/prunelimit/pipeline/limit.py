@@ -116,8 +116,12 @@ def spectrum_stage(ctx: Context, model: nn.Module, data: Data, op) -> dict:
         write_csv(out / "density.csv", ["eigenvalue", "density"], zip(grid.tolist(), density.tolist()))
         plot_density(out / "spectral_density.png", grid, density, nodes, weights)
     ctx.run.mark_done("spectrum", {"dim": op.dim, "top_eigenvalue": result["top_eigenvalues"][:1]}, fingerprint(cfg, "spectrum"))
-    say(f"spectrum: top eigenvalues {', '.join(f'{x:.4g}' for x in result['top_eigenvalues'])}; "
-        f"trace {trace:.4g} ± {trace_err:.2g}" if trace is not None else "")
+    parts = []
+    if result["top_eigenvalues"]:
+        parts.append("top eigenvalues " + ", ".join(f"{x:.4g}" for x in result["top_eigenvalues"]))
+    if trace is not None:
+        parts.append(f"trace {trace:.4g} ± {trace_err:.2g}")
+    say(f"spectrum: {'; '.join(parts) or 'done'} ({len(result['nodes'])} Ritz values)")
     return result
 
 
