@@ -122,6 +122,8 @@ def test_finetune_resume_and_evaluate(tmp_path, capsys):
      "largest feasible"),
     (["prune", "--model", "fc_small", "--dataset", "digits", "--sparsity", "0.5", "--min-threshold", "-1"],
      "min_threshold"),
+    (["prune", "--model", "fc_small", "--dataset", "digits", "--sparsity", "0.5", "--min-threshold", "150"],
+     "[0, 100]"),
     (["prune", "--model", "fc_small", "--dataset", "digits", "--checkpoint", "/nonexistent.pth"], "does not exist"),
     (["prune", "--model", "fc_small", "--dataset", "mnist", "--data-path", "/nonexistent"], "/nonexistent"),
     (["prune"], "--model"),
@@ -148,7 +150,26 @@ def test_truncated_checkpoint(tmp_path, capsys):
     ckpt.write_bytes(data[: len(data) // 2])
     assert run_cli("prune", "--model", "fc_small", "--checkpoint", ckpt, "--input-shape", "1,8,8",
                    "--out", tmp_path / "o") == 2
-    assert "corrupt or truncated" in capsys.readouterr().err
+    assert "corrupt, truncated" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b"hello", "not a PyTorch checkpoint"),
+    (bytes(range(256)) * 4, "not a valid PyTorch checkpoint"),
+])
+def test_checkpoint_that_is_not_one(tmp_path, capsys, content, needle):
+    (tmp_path / "x.pth").write_bytes(content)
+    assert run_cli("prune", "--model", "fc_small", "--dataset", "digits", "--checkpoint", tmp_path / "x.pth",
+                   "--out", tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert needle in err and "--allow-pickle" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("device", ["foo", "mps"])
+def test_bad_device(tmp_path, capsys, device):
+    assert run_cli("prune", "--model", "fc_small", "--dataset", "digits", "--device", device,
+                   "--out", tmp_path / "o") == 2
+    assert f"device {device!r}" in capsys.readouterr().err
 
 
 def test_mask_file_for_another_model(tmp_path, capsys):
@@ -199,4 +220,4 @@ def test_run_embedded_default_small(tmp_path, capsys):
     assert run_cli("report", out) == 0
     # the same directory with a different fine-tuning recipe is refused, naming the key, not silently reused
     assert run_cli(*args, "finetune.lr=0.5") == 2
-    assert "finetune.lr: 0.01 -> 0.5" in capsys.readouterr().err
+    assert "finetune.lr: 0.002 -> 0.5" in capsys.readouterr().err

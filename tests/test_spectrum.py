@@ -114,6 +114,110 @@ def test_regularizer_counts_once_and_its_hessian_is_included():
     torch.testing.assert_close(op.gradient(), g, rtol=1e-9, atol=1e-11)
 
 
+class LeanNet(nn.Module):
+    """Every op _LeanGraphMode rewrites, float64: a conv on the data (+ BatchNorm in eval mode with
+    non-trivial stats) -> relu -> max_pool2d(return_indices, padding) -> conv on an activation
+    ('same' padding, no bias) -> Tensor.relu -> max_pool2d(ceil_mode, stride None); a Conv1d
+    branch on the data with reflect padding (F.pad, then a padding-0 conv) and an in-place ReLU
+    (left to PyTorch); a Linear head."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.c1, self.bn = nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3)
+        self.c2 = nn.Conv2d(3, 3, 3, padding="same", bias=False)
+        self.c3 = nn.Conv1d(2, 2, 3, padding=1, padding_mode="reflect")
+        self.act = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(3 * 2 * 2 + 2 * 6, 3)
+        self.double()
+        self.bn.running_mean.uniform_(-0.5, 0.5)
+        self.bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):                                      # x: (n, 2, 6, 6)
+        h = torch.relu(self.bn(self.c1(x)))                    # (n, 3, 6, 6)
+        h, _ = nn.functional.max_pool2d(h, 2, padding=1, return_indices=True)   # (n, 3, 4, 4)
+        h = self.c2(h).relu()
+        h = nn.functional.max_pool2d(h, kernel_size=(2, 2), stride=None, ceil_mode=True)  # (n, 3, 2, 2)
+        z = self.act(self.c3(x.mean(2)))                       # (n, 2, 6)
+        return self.fc(torch.cat([h.flatten(1), z.flatten(1)], 1))
+
+
+def explicit_hessian_of(model, batches, regularizer=None):
+    """d²L/dθ² over hessian_parameters(model) (the operator's parameter order), as explicit_hessian."""
+    from prunelimit.spectrum.operator import hessian_parameters
+    names = [n for n, _ in hessian_parameters(model)]
+    params = dict(model.named_parameters())
+    shapes = [params[n].shape for n in names]
+    total = sum(len(y) for _, y in batches)
+
+    def loss(flat):
+        subst = {n: c.view(s) for n, c, s in zip(names, flat.split([math.prod(s) for s in shapes]), shapes)}
+        value = sum(nn.functional.cross_entropy(functional_call(model, subst, (x,)), y) * len(y)
+                    for x, y in batches) / total
+        return value if regularizer is None else value + regularizer(subst)
+
+    model.eval()
+    return torch.autograd.functional.hessian(loss, torch.cat([params[n].detach().reshape(-1) for n in names]))
+
+
+def _graph_nodes(op) -> set[str]:
+    seen, todo, names = set(), [op._graph.grad_fn], set()
+    while todo:
+        fn = todo.pop()
+        if fn is not None and fn not in seen:
+            seen.add(fn)
+            names.add(type(fn).__name__)
+            todo.extend(f for f, _ in fn.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_lean_graphs_match_explicit_hessian_with_conv_pool_batchnorm_and_l1(cache):
+    net = LeanNet()
+    gen = torch.Generator().manual_seed(4)
+    batches = [(torch.randn(n, 2, 6, 6, generator=gen, dtype=torch.float64), torch.randint(0, 3, (n,), generator=gen))
+               for n in (5, 3)]
+
+    def l1(params):  # the L1 training term: Hessian 0 a.e., gradient λ·sign(θ); counted once
+        return 1e-3 * sum(p.abs().sum() for p in params.values())
+
+    op = HessianOperator(net, nn.functional.cross_entropy, batches, cache_graph=cache,
+                         regularizer=lambda m: l1(dict(m.named_parameters())))
+    H = explicit_hessian_of(net, batches, l1)
+    assert op.dim == H.shape[0] == 2 * 3 * 9 + 3 + 3 * 3 * 9 + 2 * 2 * 3 + 2 + 24 * 3 + 3
+    if cache:  # the rewrites really happened (a silent fall-back would still pass the numbers)
+        assert {"_ConvBackward", "_ConvWeightGradBackward", "_ConvInputGradBackward", "_ReluBackward",
+                "_MaxPool2dBackward", "ReluBackward0"} <= _graph_nodes(op)
+        assert "MaxPool2DWithIndicesBackward0" not in _graph_nodes(op)
+    V = torch.randn(4, op.dim, generator=gen, dtype=torch.float64)
+    for batched in (False, True):
+        op.batched_hvp = batched
+        torch.testing.assert_close(op.matmat(V), V @ H, rtol=1e-9, atol=1e-11)
+        assert op.batched_hvp is batched
+    plain = HessianOperator(net, nn.functional.cross_entropy, batches, cache_graph=cache,
+                            regularizer=lambda m: l1(dict(m.named_parameters())))
+    plain.lean_graphs = False  # PyTorch's own double-backward formulas
+    plain._build(cache)
+    torch.testing.assert_close(plain.matmat(V), V @ H, rtol=1e-9, atol=1e-11)
+    if cache:
+        assert "_ConvBackward" not in _graph_nodes(plain)
+
+
+def test_lean_graphs_in_float32_agree_with_plain_graphs_to_rounding():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
+                        nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
+    batches = [(torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))) for _ in range(2)]
+    lean = HessianOperator(net, nn.functional.cross_entropy, batches)
+    plain = HessianOperator(net, nn.functional.cross_entropy, batches)
+    plain.lean_graphs = False
+    plain._build(True)
+    v = torch.randn(lean.dim)
+    a, b = lean.matvec(v), plain.matvec(v)
+    assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+    torch.testing.assert_close(lean.gradient(), plain.gradient(), rtol=1e-5, atol=1e-7)
+
+
 def test_float32_model_accepts_float64_vectors():
     net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
     batches = [(torch.randn(6, 3), torch.randint(0, 2, (6,)))]

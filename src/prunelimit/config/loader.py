@@ -47,6 +47,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"cannot read config {str(path)!r}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {str(path)!r} is not a text (YAML) file") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -163,8 +165,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
     """Load ``path`` (a YAML file or a shipped config's name; None: the embedded default)."""
     p = resolve_config_path(path if path is not None else "default")
     tree = split_raw(read_yaml(p), str(p))
+    overrides = list(overrides)
     apply_overrides(tree, overrides)
-    cfg = build_run_config(tree, str(p))
+    cfg = build_run_config(tree, f"{p} (with command-line overrides)" if overrides else str(p))
     if cfg.name is None:
         cfg.name = p.stem
     return cfg

@@ -78,6 +78,7 @@ class RunConfig:
     gpu: int | None = None             # original key: GPU index used when device is "auto" and CUDA exists
     show_progress: bool = True         # tqdm progress bars
     eval_batch_size: int | None = None # total batch for evaluations and sweeps; None: the training batch size
+    threads: int | None = None         # torch CPU threads per process; None: torch's default (all cores)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig | None = field(default_factory=DataConfig)   # null: no dataset (prune without evaluation)
     train: TrainConfig = field(default_factory=TrainConfig)        # dense (optionally L1) training
@@ -93,6 +94,8 @@ class RunConfig:
             raise ValueError(f"pipeline must be one of {list(PIPELINES)}, got {self.pipeline!r}")
         if self.eval_batch_size is not None and self.eval_batch_size < 1:
             raise ValueError(f"eval_batch_size must be a positive integer, got {self.eval_batch_size}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be a positive integer or null, got {self.threads}")
         if self.gpu is not None and self.gpu < 0:
             raise ValueError(f"gpu must be a GPU index such as 0, got {self.gpu}")
 

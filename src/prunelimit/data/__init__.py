@@ -9,7 +9,7 @@ Datasets: digits (scikit-learn, bundled), mnist, cifar10, cifar100, tinyimagenet
 """
 from prunelimit.data.common import ImageTensorDataset
 from prunelimit.data.info import DatasetInfo, canonical_name, dataset_info, list_datasets
-from prunelimit.data.loader import EpochShuffleSampler, make_loader, per_rank_batch_size, set_loader_epoch
+from prunelimit.data.loader import EpochShuffleSampler, eval_batches, make_loader, per_rank_batch_size, set_loader_epoch
 from prunelimit.data.registry import DataConfig, create_dataset, dataset_from_config
 from prunelimit.data.safe_pickle import RestrictedUnpickler, UnsafePickleError, restricted_load
 
@@ -17,6 +17,7 @@ __all__ = [
     "DataConfig",
     "DatasetInfo",
     "EpochShuffleSampler",
+    "eval_batches",
     "ImageTensorDataset",
     "RestrictedUnpickler",
     "UnsafePickleError",

@@ -28,17 +28,17 @@ _STATIC: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo(
         "mnist", 10, (1, 28, 28), (0.1307,), (0.3081,),
         "MNIST handwritten digits, 60 000 train / 10 000 test, 28x28 grey.",
-        "Set download: true to fetch it into <data_path>/MNIST/raw, or place train-images-idx3-ubyte, "
+        "Set download: true (command line: --download) to fetch it into <data_path>/MNIST/raw, or place train-images-idx3-ubyte, "
         "train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (plain or .gz) there."),
     "cifar10": DatasetInfo(
         "cifar10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010),
         "CIFAR-10, 50 000 train / 10 000 test, 32x32 colour, 10 classes.",
-        "Set download: true, or extract cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
+        "Set download: true (command line: --download), or extract cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
         "into <data_path> so that <data_path>/cifar-10-batches-py/data_batch_1 exists."),
     "cifar100": DatasetInfo(
         "cifar100", 100, (3, 32, 32), (0.507, 0.487, 0.441), (0.267, 0.256, 0.276),
         "CIFAR-100 (fine labels), 50 000 train / 10 000 test, 32x32 colour, 100 classes.",
-        "Set download: true, or extract cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
+        "Set download: true (command line: --download), or extract cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
         "into <data_path> so that <data_path>/cifar-100-python/train exists."),
     "tinyimagenet": DatasetInfo(
         "tinyimagenet", 200, (3, 64, 64), IMAGENET_MEAN, IMAGENET_STD,

@@ -11,9 +11,11 @@ import warnings
 from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
+from torch.utils.data.dataloader import default_collate
 
 from prunelimit import dist
+from prunelimit.data.common import ImageTensorDataset
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -95,3 +97,44 @@ def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
     seed = getattr(loader, "seed", 0)
     if loader.generator is not None:
         loader.generator.manual_seed(seed + epoch)
+
+
+class _WholeBatch(Dataset):
+    """An ``ImageTensorDataset`` read one batch at a time: ``__getitems__`` returns ``[(x (B,C,H,W), y (B,))]``
+    and ``_first`` unpacks it, skipping ``default_collate``'s per-sample stacking."""
+
+    def __init__(self, dataset: ImageTensorDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.dataset[index]
+
+    def __getitems__(self, indices):
+        d = self.dataset
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        x = d.images[idx].to(torch.float32) * d.scale
+        if d.augment is not None:
+            x = torch.stack([d.augment(xi) for xi in x])
+        return [((x - d.mean) / d.std, d.labels[idx])]
+
+
+def _first(batch):
+    return batch[0] if len(batch) == 1 and isinstance(batch[0][1], torch.Tensor) else default_collate(batch)
+
+
+def eval_batches(dataset: Dataset, batch_size: int, *, indices=None, workers: int = 0,
+                 pin_memory: bool = False) -> DataLoader:
+    """A fixed-order loader for evaluation and Hessian statistics (no shuffling, no sampler).
+
+    ``indices``: read only these samples (a rank's shard). In-memory datasets (``ImageTensorDataset``)
+    are gathered a whole batch at a time: a sweep evaluates the same sets a thousand times, and
+    per-sample reads plus collation cost more than the model on small networks."""
+    base: Dataset = _WholeBatch(dataset) if isinstance(dataset, ImageTensorDataset) else dataset
+    if indices is not None:
+        base = Subset(base, list(indices))
+    fast = isinstance(dataset, ImageTensorDataset)
+    return DataLoader(base, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory,
+                      collate_fn=_first if fast else None)

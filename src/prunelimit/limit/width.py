@@ -136,7 +136,7 @@ class Prediction:
     flat_fraction: float           # point mass q at lambda ~ 0
     integer_R: bool                # True: the original's rounded-R grid search
     reason: str | None = None      # why limit is None
-    curve: dict[str, list[float]] = field(default_factory=dict)  # p, R, g for plots
+    curve: dict[str, list[float]] = field(default_factory=dict, repr=False)  # p, R, g for plots
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

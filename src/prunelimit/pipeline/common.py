@@ -43,6 +43,8 @@ def setup(cfg: RunConfig, argv: list[str] | None = None, *, strict_keys: set[str
     if device_name == "auto" and cfg.gpu is not None and torch.cuda.is_available():
         device_name = f"cuda:{cfg.gpu}"
     device = dist.init_from_env(device_name)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     run = RunDir(default_out(cfg))
     if dist.is_main():
@@ -163,15 +165,14 @@ def eval_loader(cfg: RunConfig, dataset: Dataset, batch_size: int, device: torch
     n = len(dataset)
     if limit_batches is not None:
         n = min(n, limit_batches * batch_size)
+    from prunelimit.data import eval_batches
+
     pin = device.type == "cuda"
     if evaluation:
-        subset = dataset if n == len(dataset) else Subset(dataset, list(range(n)))
-        return DataLoader(subset, batch_size=cfg.eval_batch_size or batch_size, shuffle=False,
-                          num_workers=cfg.data.workers, pin_memory=pin)
-    idx = list(range(dist.rank(), n, dist.world_size()))
-    per_rank = max(1, batch_size // dist.world_size())
-    return DataLoader(Subset(dataset, idx), batch_size=per_rank, shuffle=False, num_workers=cfg.data.workers,
-                      pin_memory=pin)
+        return eval_batches(dataset, cfg.eval_batch_size or batch_size, indices=None if n == len(dataset) else range(n),
+                            workers=cfg.data.workers, pin_memory=pin)
+    return eval_batches(dataset, max(1, batch_size // dist.world_size()), workers=cfg.data.workers,
+                        indices=range(dist.rank(), n, dist.world_size()), pin_memory=pin)
 
 
 def evaluator(cfg: RunConfig, loader: DataLoader, device: torch.device, num_classes: int, *,

@@ -50,6 +50,8 @@ def dense_model(ctx: Context, data: Data | None, *, train_if_needed: bool = True
 
     out_dir = run.sub("dense")
     t = cfg.train
+    if (out_dir / "checkpoint_last.pth.tar").exists():
+        say(f"resuming dense training from {out_dir / 'checkpoint_last.pth.tar'}")
     l1 = f", L1 lambda {t.l1_lambda:g}" if t.l1_lambda > 0 else ""
     say(f"training {cfg.model.name} on {cfg.data.dataset}: {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g}{l1}")
     result = train(model.to(ctx.device), train_loader(cfg, data, t.batch_size, ctx.device),
@@ -66,7 +68,8 @@ def dense_model(ctx: Context, data: Data | None, *, train_if_needed: bool = True
               "test_top1": final.get("test_top1", final.get("top1")), "best_top1": result.best_top1,
               "l1_lambda": t.l1_lambda}
     run.mark_done("dense", record, fingerprint(cfg, "dense"))
-    say(f"dense model trained: test top-1 {record['test_top1']}")
+    acc = record["test_top1"]
+    say(f"dense model trained: test top-1 {acc:.2f} %" if acc is not None else "dense model trained")
     return model, record
 
 

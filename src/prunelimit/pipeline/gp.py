@@ -111,6 +111,8 @@ def finetune_method(ctx: Context, model: nn.Module, masks: dict, data: Data, out
         say(f"{title}: fine-tuning finished earlier (best top-1 {done['best_top1']:.2f} %)")
         return done
     f = cfg.finetune
+    if (out / "checkpoint_last.pth.tar").exists():
+        say(f"{title}: resuming fine-tuning from {out / 'checkpoint_last.pth.tar'}")
     say(f"{title}: fine-tuning {f.epochs} epochs (lr {f.lr:g}, {f.schedule} schedule, "
         f"label smoothing {f.label_smoothing:g}, batch {f.batch_size})")
     result = train(model, train_loader(cfg, data, f.batch_size, ctx.device),

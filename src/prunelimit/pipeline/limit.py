@@ -47,7 +47,8 @@ def sweep_stage(ctx: Context, model: nn.Module, data: Data, ordering) -> list[di
 
             write_csv(csv_path, SWEEP_COLUMNS, [[r.get(c) for c in SWEEP_COLUMNS] for r in rows])
     else:
-        say(f"sweep: {lc.sweep_points} prune fractions from one ordering of {ordering.num_weights:,} weights")
+        say(f"sweep: {lc.sweep_points} prune fractions from one ordering of {ordering.num_weights:,} weights"
+            + (f" (resuming from {csv_path})" if csv_path.exists() else ""))
         rows = run_sweep(model, ordering, default_grid(lc.sweep_points), test_eval, train_eval,
                          show_progress=cfg.show_progress, csv_path=csv_path, resume=True)
     ctx.run.mark_done("sweep", {"rows": len(rows), "csv": str(csv_path)}, fingerprint(cfg, "sweep"))

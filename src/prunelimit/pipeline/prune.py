@@ -59,6 +59,7 @@ def finetune_command(args: argparse.Namespace, flag_overrides: list[str], model_
     if args.run_dir:
         run_dir, method_dir, method = _locate(Path(args.run_dir), args.method)
         overrides = [o for o in flag_overrides if not o.startswith("out=")] + [f"out={run_dir}"]
+        model_overrides = [o for o in model_overrides if not o.startswith("model.checkpoint=")]  # weights: below
         cfg = load_config(run_dir / "config.yaml", overrides + model_overrides + dataset_override)
         weights = Path(args.checkpoint) if args.checkpoint else method_dir / PRUNED_FILE
         mask_path = Path(args.masks) if args.masks else method_dir / MASK_FILE
@@ -94,7 +95,22 @@ def finetune_command(args: argparse.Namespace, flag_overrides: list[str], model_
     record = finetune_method(ctx, model, masks, data, ctx.run.sub(method_dir.name), f"{method}_finetune", title,
                              prune_record.get("pre_acc"))
     say(f"fine-tuning files: {method_dir}/finetune_log.csv, model_best.pth.tar, checkpoint_last.pth.tar")
+    _update_summary(run_dir, method, record)
     return record
+
+
+def _update_summary(run_dir: Path, method: str, record: dict) -> None:
+    """Record the fine-tuning in the run's summary.json so `prunelimit report` shows it."""
+    from prunelimit import dist
+    from prunelimit.runs.io import read_json
+
+    path = run_dir / "summary.json"
+    if not dist.is_main() or not path.exists():
+        return
+    summary = read_json(path)
+    if method in (summary.get("gp") or {}):
+        summary["gp"][method]["finetune"] = record
+        write_summary(run_dir, summary)
 
 
 def _evaluate_only(ctx: Context, model, masks: dict, data, weights: Path, method_dir: Path) -> dict:

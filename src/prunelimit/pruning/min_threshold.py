@@ -81,10 +81,18 @@ def check_min_threshold(min_threshold) -> float:
         raise ValueError(f"min_threshold must be a number >= 0 (percent of all prunable weights, 0.05 = 0.05 %), "
                          f"got {min_threshold!r}")
     value = float(min_threshold)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"min_threshold={min_threshold!r} must be a finite number >= 0 "
+    if not math.isfinite(value) or value < 0 or value > 100:
+        raise ValueError(f"min_threshold={min_threshold!r} must be a percentage in [0, 100] "
                          f"(percent of all prunable weights, 0.05 = 0.05 %)")
     return value
+
+
+def _down(x: float, digits: int = 4) -> str:
+    """``x`` rounded DOWN to ``digits`` significant digits, so the printed bound is itself feasible."""
+    if x == 0 or not math.isfinite(x):
+        return repr(x)
+    e = math.floor(math.log10(abs(x))) - digits + 1
+    return f"{math.floor(x / 10 ** e) * 10 ** e:.{max(0, -e)}f}"
 
 
 def floor_of(n_total: int, min_threshold: float) -> int:
@@ -140,8 +148,9 @@ def check_feasible(sizes: Sequence[int], sparsity: float, min_threshold: float) 
         raise ValueError(
             f"min_threshold={min_threshold!r} is infeasible at sparsity={sparsity!r}: the floor of {floor} "
             f"weights per layer keeps at least {needed} weights but only {n_total - k} of N={n_total} may stay. "
-            f"Largest feasible min_threshold at this sparsity: {mt_max!r}; largest feasible sparsity with this "
-            f"min_threshold: {p_max!r}. Lower min_threshold or sparsity.")
+            f"Largest feasible min_threshold at this sparsity: {_down(mt_max)} (exactly {mt_max!r}); largest "
+            f"feasible sparsity with this min_threshold: {_down(p_max)} (exactly {p_max!r}). "
+            f"Lower min_threshold or sparsity.")
 
 
 def proportional_counts(sizes: Sequence[int], gp_counts: Sequence[int], floor: int,

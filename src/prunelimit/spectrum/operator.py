@@ -11,6 +11,16 @@ over the cached graphs. Without it each HVP re-runs forward + backward on every 
 PyHessian does with a dataloader). Caching holds every batch's activations, so ``"auto"`` caches
 only while the data is small (≤ ``CACHE_MAX_SAMPLES`` samples per rank) and, on CUDA, while free
 memory stays comfortable; past that it falls back to recomputing.
+
+Leaner graphs: the first-order graphs are built under ``_LeanGraphMode`` (below), which drops the
+parts of PyTorch's double-backward formulas an HVP throws away (the first conv's input gradient,
+zero tensors from ReLU and max-pool): ~20 % off a small CNN's HVP, a few % off an MLP's.
+
+Measured and NOT used (CPU, 1 thread; see benchmarks/bench_hessian.py): forward-over-reverse
+(``torch.func.jvp`` of ``torch.func.grad``) recomputes forward and backward per HVP: 1.7-3.5x
+slower than the cached double backward. ``torch.func.linearize`` caches that primal: equal speed on
+MLPs, ~18 % faster on the CNN after the fix above is NOT applied, but tracing costs 0.2-0.3 s per
+batch, more than 32-128 HVPs save. One concatenated graph instead of per-batch graphs: no faster.
 """
 from __future__ import annotations
 
@@ -20,6 +30,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from tqdm import tqdm
 
 from prunelimit import dist
@@ -78,6 +89,222 @@ def _flat(grads: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor],
     return torch.cat(parts, dim=-1)
 
 
+# ------------------------------------------------------------------ leaner second-order graphs
+# PyTorch's double-backward formulas compute pieces an HVP throws away: the first conv's gradient
+# w.r.t. its data input (``_convolution_double_backward`` ignores the mask: a transposed conv per
+# batch per HVP), and zero tensors for the derivative of ReLU's and max-pool's backward w.r.t. their
+# saved activations (zero a.e., materialised with zeros_like and added in). While the first-order
+# graphs are built, ``_LeanGraphMode`` routes those ops through the Functions below: the same
+# forward and first-order kernels, and a backward whose own backward computes only what is used.
+# Results are bitwise those of the plain graph up to float rounding of sums in a different order.
+
+def _conv(x, weight, conf):
+    stride, padding, dilation, groups = conf
+    return torch.ops.aten.convolution(x, weight, None, stride, padding, dilation, False, [0] * len(stride), groups)
+
+
+def _conv_grads(grad_out, x, weight, conf, mask):
+    """(grad_x, grad_W) of conv(x, W) for grad_out; only the entries set in ``mask``."""
+    stride, padding, dilation, groups = conf
+    gx, gw, _ = torch.ops.aten.convolution_backward(grad_out, x, weight, None, stride, padding, dilation, False,
+                                                    [0] * len(stride), groups, [mask[0], mask[1], False])
+    return gx, gw
+
+
+class _ConvInputGrad(torch.autograd.Function):
+    """grad_x = convT(gO, W) (``x`` only gives the shape). Bilinear in (gO, W): its backward is
+    conv(ggx, W) for gO and the weight gradient of conv(ggx, ·) for W, each only when needed."""
+
+    @staticmethod
+    def forward(grad_out, weight, x, conf):
+        return _conv_grads(grad_out, x, weight, conf, (True, False))[0]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], inputs[1])
+        ctx.conf = inputs[3]
+
+    @staticmethod
+    def backward(ctx, ggx):
+        grad_out, weight = ctx.saved_tensors
+        d_gout = _conv(ggx, weight, ctx.conf) if ctx.needs_input_grad[0] else None
+        d_w = _conv_grads(grad_out, ggx, weight, ctx.conf, (False, True))[1] if ctx.needs_input_grad[1] else None
+        return d_gout, d_w, None, None
+
+    generate_vmap_rule = True  # batched HVPs (is_grads_batched) vmap these backwards
+
+
+class _ConvWeightGrad(torch.autograd.Function):
+    """grad_W = convolution_backward(gO, x)[weight] (``weight`` only gives the shape). Bilinear in
+    (gO, x): its backward is conv(x, ggW) for gO and convT(gO, ggW) for x, each only when needed --
+    for data x (the first layer) that skips the input gradient PyTorch's own formula always forms."""
+
+    @staticmethod
+    def forward(grad_out, x, weight, conf):
+        return _conv_grads(grad_out, x, weight, conf, (False, True))[1]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], inputs[1])
+        ctx.conf = inputs[3]
+
+    @staticmethod
+    def backward(ctx, ggw):
+        grad_out, x = ctx.saved_tensors
+        d_gout = _conv(x, ggw, ctx.conf) if ctx.needs_input_grad[0] else None
+        d_x = _conv_grads(grad_out, x, ggw, ctx.conf, (True, False))[0] if ctx.needs_input_grad[1] else None
+        return d_gout, d_x, None, None
+
+    generate_vmap_rule = True
+
+
+class _Conv(torch.autograd.Function):
+    """conv(x, W, b) whose backward is built from the two bilinear Functions above."""
+
+    @staticmethod
+    def forward(x, weight, bias, conf):
+        stride, padding, dilation, groups = conf
+        return torch.ops.aten.convolution(x, weight, bias, stride, padding, dilation, False,
+                                          [0] * len(stride), groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], inputs[1])
+        ctx.conf = inputs[3]
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_x = _ConvInputGrad.apply(grad_out, weight, x.detach(), ctx.conf) if need_x else None
+        grad_w = _ConvWeightGrad.apply(grad_out, x, weight.detach(), ctx.conf) if need_w else None
+        grad_b = grad_out.sum([0, *range(2, grad_out.ndim)]) if need_b else None
+        return grad_x, grad_w, grad_b, None
+
+    generate_vmap_rule = True
+
+
+class _Relu(torch.autograd.Function):
+    """relu whose backward reads its output detached (the mask is piecewise constant)."""
+
+    @staticmethod
+    def forward(x):
+        return torch.relu(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        out, = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(grad_out, out.detach(), 0)
+
+    generate_vmap_rule = True
+
+
+class _MaxPool2d(torch.autograd.Function):
+    """max_pool2d (with indices) whose backward reads its input detached."""
+
+    @staticmethod
+    def forward(x, kernel_size, stride, padding, dilation, ceil_mode):
+        return torch.ops.aten.max_pool2d_with_indices(x, kernel_size, stride, padding, dilation, ceil_mode)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], output[1])
+        ctx.conf = inputs[1:]
+        ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_indices):
+        x, indices = ctx.saved_tensors
+        grad_in = torch.ops.aten.max_pool2d_with_indices_backward(grad_out, x.detach(), *ctx.conf, indices)
+        return grad_in, None, None, None, None, None
+
+    generate_vmap_rule = True
+
+
+def _per_dim(value, d: int) -> list[int] | None:
+    """An int or a length-d sequence of ints as a list of d ints; None for anything else."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value] * d
+    if isinstance(value, (tuple, list)) and len(value) == d and all(isinstance(v, int) for v in value):
+        return list(value)
+    return None
+
+
+def _conv_padding(padding, weight: torch.Tensor, stride, dilation, d: int) -> list[int] | None:
+    if padding == "valid":
+        return [0] * d
+    if padding == "same":  # symmetric only (odd effective kernel, stride 1), as F.conv*d pads it
+        if stride != [1] * d or any(dl * (k - 1) % 2 for dl, k in zip(dilation, weight.shape[2:])):
+            return None
+        return [dl * (k - 1) // 2 for dl, k in zip(dilation, weight.shape[2:])]
+    return _per_dim(padding, d)
+
+
+_CONV_FUNCS = {torch.conv1d: 1, torch.conv2d: 2, torch.conv3d: 3}
+_CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+_RELU_FUNCS = (torch.relu, torch.Tensor.relu, nn.functional.relu)
+_POOL_FUNCS = (nn.functional.max_pool2d, nn.functional.max_pool2d_with_indices, torch.max_pool2d)
+_POOL_ARGS = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+_PLAIN = (torch.Tensor, nn.Parameter)
+
+
+class _LeanGraphMode(TorchFunctionMode):
+    """While active: torch.conv1d/2d/3d with a weight that requires grad, out-of-place relu and 2-d
+    max-pooling of tensors that require grad go through the Functions above (what nn.Conv*d,
+    nn.ReLU() and nn.MaxPool2d call). Anything else, and any tensor subclass, runs as is."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if all(t in _PLAIN for t in types):
+            out = self._lean(func, args, kwargs)
+            if out is not None:
+                return out
+        return func(*args, **kwargs)
+
+    @staticmethod
+    def _lean(func, args, kwargs):
+        d = _CONV_FUNCS.get(func)
+        if d is not None:
+            a = dict(zip(_CONV_ARGS, args), **kwargs)
+            x, w, b = a.get("input"), a.get("weight"), a.get("bias")
+            if not (isinstance(x, torch.Tensor) and isinstance(w, torch.Tensor) and w.requires_grad
+                    and x.ndim == w.ndim == d + 2):
+                return None
+            stride, dilation = _per_dim(a.get("stride", 1), d), _per_dim(a.get("dilation", 1), d)
+            if stride is None or dilation is None:
+                return None
+            padding = _conv_padding(a.get("padding", 0), w, stride, dilation, d)
+            if padding is None:
+                return None
+            return _Conv.apply(x, w, b, (stride, padding, dilation, int(a.get("groups", 1))))
+        if func in _RELU_FUNCS:
+            x = args[0] if args else kwargs.get("input")
+            if kwargs.get("inplace", False) or len(args) > 1 or not isinstance(x, torch.Tensor) \
+                    or not x.requires_grad:
+                return None  # in-place relu keeps PyTorch's own node (rebasing history is not worth it)
+            return _Relu.apply(x)
+        if func in _POOL_FUNCS:
+            a = dict(zip(_POOL_ARGS, args), **kwargs)
+            x = a.get("input")
+            if not isinstance(x, torch.Tensor) or not x.requires_grad or x.ndim not in (3, 4):
+                return None
+            kernel = _per_dim(a.get("kernel_size"), 2)
+            stride = a.get("stride")
+            stride = kernel if stride is None or (isinstance(stride, (tuple, list)) and not stride) \
+                else _per_dim(stride, 2)
+            padding, dilation = _per_dim(a.get("padding", 0), 2), _per_dim(a.get("dilation", 1), 2)
+            if None in (kernel, stride, padding, dilation):
+                return None
+            out, indices = _MaxPool2d.apply(x, kernel, stride, padding, dilation, bool(a.get("ceil_mode", False)))
+            with_indices = func is nn.functional.max_pool2d_with_indices or a.get("return_indices", False)
+            return (out, indices) if with_indices else out
+        return None
+
+
 class HessianOperator:
     """H of the size-weighted mean loss over ``batches`` (+ ``regularizer``) w.r.t. ``params``.
 
@@ -134,6 +361,7 @@ class HessianOperator:
         # matmat batches its vectors through one vmap'd backward on CUDA. On CPU that measured 1.4-2x
         # SLOWER than a loop of single HVPs (MLP and CNN), so there it loops. Settable for tests.
         self.batched_hvp = self.device.type == "cuda"
+        self.lean_graphs = True
         with torch.enable_grad():  # graphs are needed even when built inside torch.no_grad()
             self._build(cache_graph)
 
@@ -148,6 +376,11 @@ class HessianOperator:
             except (TypeError, ValueError):
                 raise ValueError(f"batch {i} is not an (inputs, targets) pair; got {type(item).__name__}") from None
             yield inputs.to(self.device), targets.to(self.device), _batch_size(inputs, targets)
+
+    def _graph_mode(self):
+        """Context for forward passes whose gradient graph will be differentiated again; settable
+        (``lean_graphs = False``) to compare with PyTorch's plain graphs."""
+        return _LeanGraphMode() if self.lean_graphs else contextlib.nullcontext()
 
     def _batch_loss(self, inputs, targets, i: int) -> torch.Tensor:
         loss = self.loss_fn(self.model(inputs), targets)
@@ -173,7 +406,8 @@ class HessianOperator:
             for i, (x, y, n) in enumerate(self._batches("Hessian: caching gradient graphs"
                                                           if caching else "Hessian: checking loss")):
                 if caching:
-                    loss = self._batch_loss(x, y, i)
+                    with self._graph_mode():
+                        loss = self._batch_loss(x, y, i)
                     g = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
                     grads.append((n, _flat(g, self.params)))
                 else:
@@ -238,7 +472,8 @@ class HessianOperator:
         out, count = torch.zeros_like(V), 0
         with _eval_mode(self.model):
             for i, (x, y, n) in enumerate(self._batches("Hessian: HVP")):
-                loss = self._batch_loss(x, y, i)
+                with self._graph_mode():
+                    loss = self._batch_loss(x, y, i)
                 g = _flat(torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True),
                           self.params)
                 out += self._backward(g, V, retain=False) * (n / self.num_samples)
