@@ -218,6 +218,41 @@ def test_lean_graphs_in_float32_agree_with_plain_graphs_to_rounding():
     torch.testing.assert_close(lean.gradient(), plain.gradient(), rtol=1e-5, atol=1e-7)
 
 
+def _lean_ddp_worker(rank: int, world: int, port: int):
+    import torch.distributed as tdist
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        net = LeanNet(1)
+        gen = torch.Generator().manual_seed(6)
+        data = [(torch.randn(n, 2, 6, 6, generator=gen, dtype=torch.float64), torch.randint(0, 3, (n,), generator=gen))
+                for n in (4, 3, 2)]  # rank 0: batches 0 and 2 (6 samples), rank 1: batch 1 (3)
+
+        def l1(params):
+            return 1e-3 * sum(p.abs().sum() for p in params.values())
+
+        H = explicit_hessian_of(net, data, l1)  # single-process full-data Hessian, regularizer once
+        V = torch.randn(2, H.shape[0], generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+        for cache in (True, False):
+            op = HessianOperator(nn.parallel.DistributedDataParallel(net), nn.functional.cross_entropy,
+                                 data[rank::world], cache_graph=cache, regularizer=lambda m: l1(dict(m.named_parameters())))
+            assert op.num_samples == 9 and op.cached is cache
+            torch.testing.assert_close(op.matmat(V), V @ H, rtol=1e-9, atol=1e-11)
+    finally:
+        tdist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_lean_graphs_under_ddp_with_regularizer_equal_full_data_hessian():
+    import socket
+
+    import torch.multiprocessing as mp
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_lean_ddp_worker, args=(2, port), nprocs=2, join=True)
+
+
 def test_float32_model_accepts_float64_vectors():
     net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
     batches = [(torch.randn(6, 3), torch.randint(0, 2, (6,)))]

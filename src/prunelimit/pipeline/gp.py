@@ -24,15 +24,14 @@ METHOD_TITLES = {"gp": "GP", "gp_mt": "GP+MT"}
 
 def compute_masks(model: nn.Module, method: str, sparsity: float, prune_cfg) -> tuple[dict, dict, object | None]:
     """``(masks, gp_masks, mt_plan)`` for one method. GP+MT also returns the plan of per-layer counts."""
-    from prunelimit.pruning import global_magnitude_masks, min_threshold_masks, min_threshold_plan
+    from prunelimit.pruning import global_magnitude_masks, min_threshold_plan_and_masks
 
     kw = dict(include=prune_cfg.include, exclude=prune_cfg.exclude)
     gp_masks = global_magnitude_masks(model, sparsity, rule=prune_cfg.rule, **kw)
     if method == "gp":
         return gp_masks, gp_masks, None
-    mt = prune_cfg.min_threshold or 0.0
-    plan = min_threshold_plan(model, sparsity, mt, mode=prune_cfg.mt_mode, **kw)
-    masks = min_threshold_masks(model, sparsity, mt, mode=prune_cfg.mt_mode, **kw)
+    plan, masks = min_threshold_plan_and_masks(model, sparsity, prune_cfg.min_threshold or 0.0,
+                                               mode=prune_cfg.mt_mode, **kw)
     return masks, gp_masks, plan
 
 
@@ -58,11 +57,12 @@ def prune_method(ctx: Context, dense: nn.Module, data: Data | None, method: str,
     masks, gp_masks, plan = compute_masks(model, method, sparsity, cfg.prune)
 
     def accuracy_with(m: dict) -> float | None:
+        """Accuracy of the dense weights pruned by ``m``, measured on ``model`` (reset to dense first)."""
         if evaluate is None:
             return None
-        trial = copy.deepcopy(dense)
-        apply_masks(trial, m)
-        return evaluate(trial)["top1"]
+        model.load_state_dict(dense.state_dict())
+        apply_masks(model, m)
+        return evaluate(model)["top1"]
 
     gp_post = accuracy_with(gp_masks)
     write_prune_log(out / "prune_log.csv", gp_masks, pre_acc, gp_post)
@@ -76,6 +76,7 @@ def prune_method(ctx: Context, dense: nn.Module, data: Data | None, method: str,
         say(f"GP+MT ({cfg.prune.mt_mode}, MT {cfg.prune.min_threshold} % -> floor {plan.floor} weights/layer): "
             f"{len(clamped)} layer(s) clamped by the floor{': ' + ', '.join(clamped[:6]) if clamped else ''}"
             f"{' ...' if len(clamped) > 6 else ''}; {len(dense_layers)} left dense")
+    model.load_state_dict(dense.state_dict())
     apply_masks(model, masks)
     rows = layer_rows(masks)
     n = sum(r["n"] for r in rows)

@@ -264,10 +264,18 @@ def min_threshold_masks(model: nn.Module, sparsity: float, min_threshold: float,
     Within a layer the pruned weights are that layer's smallest |w| (ties by flat index). MT = 0 gives
     exactly the GP masks. Logs (logger ``prunelimit``) which layers the floor clamped or left dense.
     """
+    return min_threshold_plan_and_masks(model, sparsity, min_threshold, mode=mode, include=include,
+                                        exclude=exclude)[1]
+
+
+def min_threshold_plan_and_masks(model: nn.Module, sparsity: float, min_threshold: float, *,
+                                 mode: str = "proportional", include=None,
+                                 exclude=None) -> tuple[MTPlan, dict[str, Tensor]]:
+    """``(min_threshold_plan(...), min_threshold_masks(...))`` from one selection pass."""
     with torch.no_grad():
         plan, masks = _plan(model, sparsity, min_threshold, mode, include, exclude, want_masks=True)
     log_plan(plan)
-    return {lp.name: m for lp, m in zip(plan.layers, masks)}
+    return plan, {lp.name: m for lp, m in zip(plan.layers, masks)}
 
 
 def log_plan(plan: MTPlan) -> None:

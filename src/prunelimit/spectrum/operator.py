@@ -90,13 +90,15 @@ def _flat(grads: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor],
 
 
 # ------------------------------------------------------------------ leaner second-order graphs
-# PyTorch's double-backward formulas compute pieces an HVP throws away: the first conv's gradient
-# w.r.t. its data input (``_convolution_double_backward`` ignores the mask: a transposed conv per
-# batch per HVP), and zero tensors for the derivative of ReLU's and max-pool's backward w.r.t. their
-# saved activations (zero a.e., materialised with zeros_like and added in). While the first-order
-# graphs are built, ``_LeanGraphMode`` routes those ops through the Functions below: the same
-# forward and first-order kernels, and a backward whose own backward computes only what is used.
-# Results are bitwise those of the plain graph up to float rounding of sums in a different order.
+# PyTorch's double-backward formulas compute pieces an HVP throws away:
+#  - convolution: ``_convolution_double_backward`` forms the gradient w.r.t. the conv's input even
+#    when nothing needs it (the first conv, on data: a transposed conv per batch per HVP), and its
+#    weight-gradient term runs as a slow batch-as-channels convolution;
+#  - ReLU, max-pool: the derivative of their backward w.r.t. the saved activation is zero a.e., but
+#    it is materialised (zeros_like, then added into the activation's gradient).
+# While the first-order graphs are built, ``_LeanGraphMode`` routes these ops through the Functions
+# below: the same forward and first-order kernels, and a backward whose own backward computes only
+# what is used, with PyTorch's convolution_backward kernels. Same numbers up to float rounding.
 
 def _conv(x, weight, conf):
     stride, padding, dilation, groups = conf
