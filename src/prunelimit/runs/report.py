@@ -1,0 +1,103 @@
+"""The end-of-run summary: ``summary.json``, ``report.md``, and one screen on the terminal."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prunelimit import dist
+from prunelimit.runs.io import atomic_write_text, read_json, write_json
+
+TITLES = {"gp": "GP", "gp_mt": "GP+MT"}
+RULE_TITLES = {"above_baseline": "largest p with test acc > unpruned (original rule)",
+               "acc_drop": "test acc drop <= delta at every p' <= p",
+               "loss_increase": "train loss <= L(w*) + eps at every p' <= p"}
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{v:.2f} %"
+
+
+def _frac(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def summary_lines(s: dict) -> list[str]:
+    lines = [f"prunelimit {s.get('pipeline', '')} run: {s.get('model')} on {s.get('dataset') or '(no dataset)'}"]
+    dense = s.get("dense") or {}
+    if dense:
+        lines.append(f"  dense model ({dense.get('source')}): test top-1 {_pct(dense.get('test_top1'))}")
+    lim = s.get("limit")
+    if lim:
+        pred = lim["predicted"]
+        lines.append("")
+        table = [("predicted (Gaussian width fixed point)", pred)]
+        table += [(f"actual: {RULE_TITLES.get(rule, rule)}", v) for rule, v in lim.get("actual", {}).items()]
+        width = max(len(label) for label, _ in table)
+        lines.append(f"{'How sparse can it be pruned?':<{width + 2}}  prune fraction  keep fraction")
+        for label, v in table:
+            lines.append(f"  {label:<{width}}  {_frac(v.get('prune_fraction')):>14}  {_frac(v.get('keep_fraction')):>13}")
+        if pred.get("prune_fraction") is None and pred.get("reason"):
+            lines.append(f"    (no prediction: {pred['reason']})")
+        lines.append(f"  eps {lim.get('eps', 0):.4g}, flat fraction q {lim.get('important_ev_rate', 0):.2f}")
+    gp = s.get("gp")
+    if gp:
+        lines.append("")
+        lines.append(f"Pruning at sparsity {s.get('sparsity')}:")
+        lines.append(f"  {'method':<7} {'achieved':>9} {'before':>9} {'pruned':>9} {'fine-tuned':>11}")
+        for m, r in gp.items():
+            ft = (r.get("finetune") or {}).get("best_top1")
+            lines.append(f"  {TITLES.get(m, m):<7} {r['sparsity_achieved']:>9.4f} {_pct(r.get('pre_acc')):>9} "
+                         f"{_pct(r.get('post_prune_acc')):>9} {_pct(ft):>11}")
+        for m, r in gp.items():
+            groups = r.get("groups") or {}
+            if groups:
+                parts = [f"{g} {v['sparsity']:.3f}" for g, v in list(groups.items())[:8]]
+                more = " ..." if len(groups) > 8 else ""
+                lines.append(f"  {TITLES.get(m, m)} sparsity by layer group: {', '.join(parts)}{more}")
+            if r.get("clamped_layers"):
+                lines.append(f"  {TITLES.get(m, m)} layers clamped by the MT floor ({r.get('floor')} weights): "
+                             f"{', '.join(r['clamped_layers'][:6])}{' ...' if len(r['clamped_layers']) > 6 else ''}")
+    run_dir = s.get("run_dir")
+    if run_dir:
+        lines.append("")
+        lines.append(f"Files in {run_dir}/:")
+        for sub in ("limit", *(gp or {})):
+            folder = Path(run_dir) / sub
+            if folder.is_dir():
+                names = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+                lines.append(f"  {sub}/: {', '.join(names)}")
+    if s.get("seconds") is not None:
+        lines.append(f"Finished in {s['seconds']} s.")
+    return lines
+
+
+def print_summary(s: dict) -> None:
+    if dist.is_main():
+        print("\n" + "\n".join(summary_lines(s)), flush=True)
+
+
+def write_summary(run_dir: str | Path, s: dict) -> None:
+    if not dist.is_main():
+        return
+    run_dir = Path(run_dir)
+    write_json(run_dir / "summary.json", s)
+    atomic_write_text(run_dir / "report.md", report_markdown(s))
+
+
+def report_markdown(s: dict) -> str:
+    lines = ["# prunelimit report", "", "```", *summary_lines(s), "```", ""]
+    lim_dir = Path(s.get("run_dir", ".")) / "limit"
+    for name, title in (("sweep.png", "Accuracy and loss versus prune fraction"),
+                        ("gaussian_width.png", "Gaussian width g(R(p)) and p against R"),
+                        ("spectral_density.png", "Hessian spectral density (SLQ)"),
+                        ("hessian_row_norms.png", "Hessian row norms at magnitude quantiles")):
+        if (lim_dir / name).exists():
+            lines += [f"## {title}", "", f"![{title}](limit/{name})", ""]
+    return "\n".join(lines)
+
+
+def report_from_dir(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / "summary.json"
+    if not path.exists():
+        raise ValueError(f"{str(run_dir)!r} has no summary.json: it is not a finished prunelimit run directory "
+                         f"(run `prunelimit run ...` first, or give the --out directory of one)")
+    return read_json(path)

@@ -1,0 +1,149 @@
+"""One directory per run: the resolved config, environment facts, finished-stage markers.
+
+Rerunning the same command in the same directory skips finished stages (their marker exists) and
+resumes unfinished training from its last checkpoint. A directory made with a different config is
+refused with the keys that differ, so results of two configs never mix.
+"""
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from prunelimit import dist
+from prunelimit.runs.io import atomic_write_text, read_json, write_json
+
+# Keys that may change between invocations of the same run without invalidating its results.
+_VOLATILE = {"show_progress", "out", "device", "gpu", "name", "workers", "download", "allow_pickle", "threads",
+             "eval_batch_size"}
+# Keys whose change only matters for stages that have not run yet (later stages re-check them).
+_STAGE_KEYS = {"gp", "finetune", "prune", "limit", "spectrum", "stages", "pipeline"}
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def sub(self, name: str) -> Path:
+        p = self.path / name
+        if dist.is_main():
+            p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    # ---- config and environment -------------------------------------------------------------
+    def write_config(self, cfg_dict: dict[str, Any], *, strict_keys: set[str] | None = None) -> None:
+        """Record the resolved config; refuse a directory holding results of a different one.
+
+        ``strict_keys``: top-level keys that must match an existing record (default: the model; each
+        finished stage also checks the config slice it depends on, see ``stage_result``)."""
+        strict = strict_keys if strict_keys is not None else {"model"}
+        path = self.path / "config.yaml"
+        stages = self.path / "stages"
+        if path.exists() and stages.is_dir() and any(stages.glob("*.json")):  # only results can conflict
+            old = yaml.safe_load(path.read_text()) or {}
+            diffs = [k for k in sorted(strict) if _strip(old.get(k)) != _strip(cfg_dict.get(k))]
+            if diffs:
+                detail = "; ".join(f"{k}: {_diff(old.get(k), cfg_dict.get(k))}" for k in diffs)
+                raise ValueError(
+                    f"run directory {str(self.path)!r} holds results of a different config ({detail}). "
+                    f"Use another --out, or delete the directory to start over.")
+        if dist.is_main():
+            atomic_write_text(path, yaml.safe_dump(cfg_dict, sort_keys=False))
+
+    def write_environment(self, argv: list[str] | None = None) -> None:
+        if not dist.is_main():
+            return
+        import torch
+
+        env = {
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "argv": list(argv if argv is not None else sys.argv),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+            "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+            "world_size": dist.world_size(),
+            "prunelimit": _package_version(),
+            "git_sha": _git_sha(),
+        }
+        try:
+            import torchvision
+
+            env["torchvision"] = torchvision.__version__
+        except ImportError:  # pragma: no cover
+            pass
+        write_json(self.path / "environment.json", env)
+
+    # ---- stage markers ----------------------------------------------------------------------
+    def _marker(self, stage: str) -> Path:
+        return self.path / "stages" / f"{stage}.json"
+
+    def stage_result(self, stage: str, fingerprint: dict | None = None) -> dict | None:
+        """The finished stage's record, or None if it has not finished.
+
+        ``fingerprint``: the config slice the stage depends on. A finished stage made with a different
+        one is refused (never silently reused): the message names the keys that differ."""
+        m = self._marker(stage)
+        if not m.exists():
+            return None
+        record = read_json(m)
+        old = record.get("_fingerprint")
+        if fingerprint is not None and old is not None and _strip(old) != _strip(fingerprint):
+            diffs = _flat_diff(old, fingerprint)
+            raise ValueError(
+                f"run directory {str(self.path)!r} already holds stage {stage!r} made with a different config "
+                f"({'; '.join(diffs[:5])}). Use another --out for the new config, or delete "
+                f"{str(m)!r} (and that stage's files) to redo it.")
+        return record
+
+    def mark_done(self, stage: str, result: dict, fingerprint: dict | None = None) -> None:
+        if dist.is_main():
+            write_json(self._marker(stage), {**result, "_fingerprint": fingerprint} if fingerprint else result)
+        dist.barrier()
+
+
+def _flat_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            if k in _VOLATILE:
+                continue
+            out += _flat_diff(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def _strip(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _strip(v) for k, v in d.items() if k not in _VOLATILE}
+    return d
+
+
+def _diff(old: Any, new: Any) -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        parts = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys
+                 if k not in _VOLATILE and old.get(k) != new.get(k)]
+        return ", ".join(parts[:4])
+    return f"{old!r} -> {new!r}"
+
+
+def _package_version() -> str:
+    from prunelimit import __version__
+
+    return __version__
+
+
+def _git_sha() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
