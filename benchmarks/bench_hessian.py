@@ -1,7 +1,7 @@
 """SLQ spectrum: prunelimit's HessianOperator + slq_spectrum versus PyHessian's ``hessian.density``.
 
     pip install pyhessian==0.1 --no-deps      # benchmark only, not a project dependency
-    python benchmarks/bench_hessian.py [--device cpu|cuda] [--threads 1] [--repeats 3]
+    python benchmarks/bench_hessian.py [--device cpu|cuda] [--threads 1] [--repeats 3] [--plain]
 
 Three cases, same model, data, start vector and number of Lanczos steps on both sides:
   digits/1 batch   FC 64→300→100→10 (50 610 parameters) briefly trained on sklearn's digits, the whole
@@ -15,6 +15,15 @@ after the same ``torch.manual_seed`` and pass it as ``start=``, so both run Lanc
 space and their top Ritz values agree to float32 round-off. PyHessian 0.1 calls ``torch.eig``,
 removed from PyTorch; we patch in a stand-in built on ``torch.linalg.eigh`` (T is symmetric).
 Each side runs ``--repeats`` times, alternating, after one warm-up; the median time is reported.
+Fairness: both sides run in this one process with the same ``torch.set_num_threads(--threads)``
+(default 1), the same model, batches, start vector and step count. ``--plain`` also times our
+operator on PyTorch's own double-backward graphs (``HessianOperator.lean_graphs = False``).
+
+Reading the numbers on CPU: the HVP's large temporaries come from glibc malloc, which returns freed
+heap tops to the OS and page-faults them back in on the next HVP; how often depends on the process'
+allocation history, so the same run can differ by 20-40 %. The "page faults" column (minor faults
+per run, median) shows when that happened. With the data as one batch (digits/1 batch) both sides
+run the SAME double backward on the same cached graph, so only the Lanczos bookkeeping differs.
 """
 from __future__ import annotations
 
@@ -23,6 +32,11 @@ import copy
 import statistics
 import time
 import warnings
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
 
 import torch
 from torch import nn
@@ -84,10 +98,26 @@ def _sync(device: torch.device):
         torch.cuda.synchronize(device)
 
 
-def run_ours(model, batches, steps, start, device, cache):
+class PlainGraphOperator(HessianOperator):
+    lean_graphs = False  # PyTorch's own double-backward formulas (see spectrum/operator.py)
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else 0
+
+
+def _with_faults(fn, *args):
+    """fn's result (its own time first) with the minor page faults it caused inserted second."""
+    faults = _minor_faults()
+    out = fn(*args)
+    return (out[0], _minor_faults() - faults, *out[1:])
+
+
+def run_ours(model, batches, steps, start, device, cache, plain=False):
     _sync(device)
     t0 = time.perf_counter()
-    op = HessianOperator(model, nn.functional.cross_entropy, batches, cache_graph=cache)
+    op = (PlainGraphOperator if plain else HessianOperator)(model, nn.functional.cross_entropy, batches,
+                                                            cache_graph=cache)
     nodes, weights = slq_spectrum(op, steps, 1, start=start.unsqueeze(0))
     _sync(device)
     return time.perf_counter() - t0, nodes, op
@@ -111,28 +141,35 @@ def run_pyhessian(model, batches, mode, steps, seed, device):
     return elapsed, torch.tensor(eigen_list[0], dtype=torch.float64)
 
 
-def bench(name, case, steps, device, seed, repeats, with_uncached):
+def bench(name, case, steps, device, seed, repeats, with_uncached, with_plain=False):
     model, batches, mode = case
     dim = sum(p.numel() for p in model.parameters())
     start = pyhessian_start(model, seed)
     print(f"\n== {name}: {dim:,} parameters, {sum(len(t) for _, t in batches)} samples in "
-          f"{len(batches)} batch(es), {steps} Lanczos steps, device {device}")
+          f"{len(batches)} batch(es), {steps} Lanczos steps, device {device}, "
+          f"{torch.get_num_threads()} thread(s) for both sides")
     print("   " + memory_message(dim, steps, torch.float32))
-    ours, theirs, unc = [], [], []
+    runs = {"ours": [], "pyhessian": [], "uncached": [], "plain": []}  # (seconds, page faults) per run
     for r in range(repeats + 1):  # round 0 is a warm-up (allocator, kernels, lazy imports)
-        t, ours_nodes, op = run_ours(model, batches, steps, start, device, "auto")
-        t_ph, ph_nodes = run_pyhessian(model, batches, mode, steps, seed, device)
+        t, faults, ours_nodes, op = _with_faults(run_ours, model, batches, steps, start, device, "auto")
+        t_ph, faults_ph, ph_nodes = _with_faults(run_pyhessian, model, batches, mode, steps, seed, device)
         if r:
-            ours.append(t)
-            theirs.append(t_ph)
+            runs["ours"].append((t, faults))
+            runs["pyhessian"].append((t_ph, faults_ph))
             if with_uncached:
-                unc.append(run_ours(model, batches, steps, start, device, False)[0])
-    ours_t, ph_t = statistics.median(ours), statistics.median(theirs)
-    print(f"   prunelimit (graph cached={op.cached}): {ours_t:8.2f} s   (median of {repeats})")
-    if with_uncached:
-        unc_t = statistics.median(unc)
-        print(f"   prunelimit (graph not cached):   {unc_t:8.2f} s   ({ph_t / unc_t:.2f}x vs PyHessian)")
-    print(f"   PyHessian 0.1 density():          {ph_t:8.2f} s")
+                runs["uncached"].append(_with_faults(run_ours, model, batches, steps, start, device, False)[:2])
+            if with_plain:
+                runs["plain"].append(_with_faults(run_ours, model, batches, steps, start, device, "auto", True)[:2])
+    med = {k: (statistics.median(t for t, _ in v), statistics.median(f for _, f in v)) for k, v in runs.items() if v}
+    ours_t, ph_t = med["ours"][0], med["pyhessian"][0]
+    print(f"   {'':34s}  time (median of {repeats})   per step   page faults")
+    rows = [(f"prunelimit (graph cached={op.cached})", "ours"), ("prunelimit, PyTorch's plain graphs", "plain"),
+            ("prunelimit (graph not cached)", "uncached"), ("PyHessian 0.1 density()", "pyhessian")]
+    for label, key in rows:
+        if key in med:
+            t, f = med[key]
+            vs = f"   ({ph_t / t:.2f}x vs PyHessian)" if key in ("plain", "uncached") else ""
+            print(f"   {label:34s}  {t:8.2f} s   {t / steps * 1e3:10.1f} ms   {f:11,.0f}{vs}")
     print(f"   speed-up: {ph_t / ours_t:.2f}x")
     top_ours = ours_nodes.sort(descending=True).values[:5]
     top_ph = ph_nodes.sort(descending=True).values[:5]
@@ -155,13 +192,15 @@ def float64_reference(model, batches, k, seed):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads, both sides (default 1)")
     parser.add_argument("--steps", type=int, default=128, help="Lanczos steps for the digits cases")
     parser.add_argument("--cnn-steps", type=int, default=32, help="Lanczos steps for the CNN case")
     parser.add_argument("--cnn-batches", type=int, default=4, help="batches of 64 images in the CNN case")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per side (median reported)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--uncached", action="store_true", help="also time our operator without the cache")
+    parser.add_argument("--plain", action="store_true",
+                        help="also time our operator on PyTorch's plain double-backward graphs")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")  # PyHessian's
@@ -170,7 +209,7 @@ def main(argv=None):
              ("digits FC, batches of 128", digits_case(device, args.seed, 128), args.steps),
              ("CNN, random CIFAR-shaped, batches of 64", cnn_case(device, args.seed, args.cnn_batches),
               args.cnn_steps)]
-    results = [bench(name, case, steps, device, args.seed, args.repeats, args.uncached)
+    results = [bench(name, case, steps, device, args.seed, args.repeats, args.uncached, args.plain)
                for name, case, steps in cases]
     print("\nsummary: " + "; ".join(f"{r['case']}: {r['speedup']:.2f}x" for r in results))
     return results

@@ -115,7 +115,7 @@ def test_regularizer_counts_once_and_its_hessian_is_included():
 
 
 class LeanNet(nn.Module):
-    """Every op _LeanGraphMode rewrites, float64: a conv on the data (+ BatchNorm in eval mode with
+    """Every op LeanGraphMode rewrites, float64: a conv on the data (+ BatchNorm in eval mode with
     non-trivial stats) -> relu -> max_pool2d(return_indices, padding) -> conv on an activation
     ('same' padding, no bias) -> Tensor.relu -> max_pool2d(ceil_mode, stride None); a Conv1d
     branch on the data with reflect padding (F.pad, then a padding-0 conv) and an in-place ReLU
@@ -143,7 +143,7 @@ class LeanNet(nn.Module):
 
 
 def explicit_hessian_of(model, batches, regularizer=None):
-    """d²L/dθ² over hessian_parameters(model) (the operator's parameter order), as explicit_hessian."""
+    """(d²L/dθ², dL/dθ) over hessian_parameters(model) (the operator's parameter order), as explicit_hessian."""
     from prunelimit.spectrum.operator import hessian_parameters
     names = [n for n, _ in hessian_parameters(model)]
     params = dict(model.named_parameters())
@@ -157,11 +157,16 @@ def explicit_hessian_of(model, batches, regularizer=None):
         return value if regularizer is None else value + regularizer(subst)
 
     model.eval()
-    return torch.autograd.functional.hessian(loss, torch.cat([params[n].detach().reshape(-1) for n in names]))
+    flat0 = torch.cat([params[n].detach().reshape(-1) for n in names])
+    return torch.autograd.functional.hessian(loss, flat0), torch.autograd.functional.jacobian(loss, flat0)
+
+
+class PlainGraphOperator(HessianOperator):
+    lean_graphs = False  # PyTorch's own double-backward formulas
 
 
 def _graph_nodes(op) -> set[str]:
-    seen, todo, names = set(), [op._graph.grad_fn], set()
+    seen, todo, names = set(), [g.grad_fn for g in op._graph if g is not None], set()
     while todo:
         fn = todo.pop()
         if fn is not None and fn not in seen:
@@ -172,7 +177,9 @@ def _graph_nodes(op) -> set[str]:
 
 
 @pytest.mark.parametrize("cache", [True, False])
-def test_lean_graphs_match_explicit_hessian_with_conv_pool_batchnorm_and_l1(cache):
+def test_lean_graphs_match_explicit_hessian_with_conv_pool_batchnorm_and_l1(cache, monkeypatch):
+    import prunelimit.spectrum.lean_graphs as operator_module
+    monkeypatch.setattr(operator_module, "_LEAN_MIN_NUMEL", 0)  # rewrite ReLU / max-pool of tiny maps too
     net = LeanNet()
     gen = torch.Generator().manual_seed(4)
     batches = [(torch.randn(n, 2, 6, 6, generator=gen, dtype=torch.float64), torch.randint(0, 3, (n,), generator=gen))
@@ -183,35 +190,38 @@ def test_lean_graphs_match_explicit_hessian_with_conv_pool_batchnorm_and_l1(cach
 
     op = HessianOperator(net, nn.functional.cross_entropy, batches, cache_graph=cache,
                          regularizer=lambda m: l1(dict(m.named_parameters())))
-    H = explicit_hessian_of(net, batches, l1)
+    H, g = explicit_hessian_of(net, batches, l1)
+    torch.testing.assert_close(op.gradient(), g, rtol=1e-9, atol=1e-11)
     assert op.dim == H.shape[0] == 2 * 3 * 9 + 3 + 3 * 3 * 9 + 2 * 2 * 3 + 2 + 24 * 3 + 3
     if cache:  # the rewrites really happened (a silent fall-back would still pass the numbers)
-        assert {"_ConvBackward", "_ConvWeightGradBackward", "_ConvInputGradBackward", "_ReluBackward",
-                "_MaxPool2dBackward", "ReluBackward0"} <= _graph_nodes(op)
-        assert "MaxPool2DWithIndicesBackward0" not in _graph_nodes(op)
+        nodes = _graph_nodes(op)
+        assert {"_DataConvBackward", "_DataConvWeightGradBackward", "_ReluBackward", "_MaxPool2dBackward"} <= nodes
+        assert "ReluBackward0" in nodes  # the in-place ReLU keeps PyTorch's node
+        assert "MaxPool2DWithIndicesBackward0" not in nodes
+        assert "ConvolutionBackward0" in nodes  # c2 (input needs grad) keeps PyTorch's conv
     V = torch.randn(4, op.dim, generator=gen, dtype=torch.float64)
     for batched in (False, True):
         op.batched_hvp = batched
         torch.testing.assert_close(op.matmat(V), V @ H, rtol=1e-9, atol=1e-11)
         assert op.batched_hvp is batched
-    plain = HessianOperator(net, nn.functional.cross_entropy, batches, cache_graph=cache,
-                            regularizer=lambda m: l1(dict(m.named_parameters())))
-    plain.lean_graphs = False  # PyTorch's own double-backward formulas
-    plain._build(cache)
+    plain = PlainGraphOperator(net, nn.functional.cross_entropy, batches, cache_graph=cache,
+                               regularizer=lambda m: l1(dict(m.named_parameters())))
     torch.testing.assert_close(plain.matmat(V), V @ H, rtol=1e-9, atol=1e-11)
     if cache:
-        assert "_ConvBackward" not in _graph_nodes(plain)
+        assert not {n for n in _graph_nodes(plain) if n.startswith("_")}
 
 
-def test_lean_graphs_in_float32_agree_with_plain_graphs_to_rounding():
+@pytest.mark.parametrize("min_numel", [0, None])
+def test_lean_graphs_in_float32_agree_with_plain_graphs_to_rounding(min_numel, monkeypatch):
+    import prunelimit.spectrum.lean_graphs as operator_module
+    if min_numel is not None:
+        monkeypatch.setattr(operator_module, "_LEAN_MIN_NUMEL", min_numel)
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
                         nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
     batches = [(torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))) for _ in range(2)]
     lean = HessianOperator(net, nn.functional.cross_entropy, batches)
-    plain = HessianOperator(net, nn.functional.cross_entropy, batches)
-    plain.lean_graphs = False
-    plain._build(True)
+    plain = PlainGraphOperator(net, nn.functional.cross_entropy, batches)
     v = torch.randn(lean.dim)
     a, b = lean.matvec(v), plain.matvec(v)
     assert (a - b).abs().max() <= 1e-5 * b.abs().max()
@@ -222,22 +232,26 @@ def _lean_ddp_worker(rank: int, world: int, port: int):
     import torch.distributed as tdist
     tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
+        import prunelimit.spectrum.lean_graphs as operator_module
+        operator_module._LEAN_MIN_NUMEL = 0  # this fresh process: rewrite ReLU / max-pool of tiny maps too
         torch.set_num_threads(1)
         net = LeanNet(1)
         gen = torch.Generator().manual_seed(6)
         data = [(torch.randn(n, 2, 6, 6, generator=gen, dtype=torch.float64), torch.randint(0, 3, (n,), generator=gen))
                 for n in (4, 3, 2)]  # rank 0: batches 0 and 2 (6 samples), rank 1: batch 1 (3)
 
-        def l1(params):
-            return 1e-3 * sum(p.abs().sum() for p in params.values())
+        def reg(params):  # L1 plus a smooth term, so counting it once per rank would show in H v too
+            return 1e-3 * sum(p.abs().sum() for p in params.values()) + 0.1 * params["c2.weight"].pow(2).sum()
 
-        H = explicit_hessian_of(net, data, l1)  # single-process full-data Hessian, regularizer once
+        H, g = explicit_hessian_of(net, data, reg)  # single-process full-data Hessian, regularizer once
         V = torch.randn(2, H.shape[0], generator=torch.Generator().manual_seed(7), dtype=torch.float64)
         for cache in (True, False):
             op = HessianOperator(nn.parallel.DistributedDataParallel(net), nn.functional.cross_entropy,
-                                 data[rank::world], cache_graph=cache, regularizer=lambda m: l1(dict(m.named_parameters())))
+                                 data[rank::world], cache_graph=cache,
+                                 regularizer=lambda m: reg(dict(m.named_parameters())))
             assert op.num_samples == 9 and op.cached is cache
             torch.testing.assert_close(op.matmat(V), V @ H, rtol=1e-9, atol=1e-11)
+            torch.testing.assert_close(op.gradient(), g, rtol=1e-9, atol=1e-11)
     finally:
         tdist.destroy_process_group()
 

@@ -12,15 +12,22 @@ PyHessian does with a dataloader). Caching holds every batch's activations, so `
 only while the data is small (≤ ``CACHE_MAX_SAMPLES`` samples per rank) and, on CUDA, while free
 memory stays comfortable; past that it falls back to recomputing.
 
-Leaner graphs: the first-order graphs are built under ``_LeanGraphMode`` (below), which drops the
-parts of PyTorch's double-backward formulas an HVP throws away (the first conv's input gradient,
-zero tensors from ReLU and max-pool): ~20 % off a small CNN's HVP, a few % off an MLP's.
+Leaner graphs: the first-order graphs are built under ``LeanGraphMode`` (lean_graphs.py), which drops the
+parts of PyTorch's double-backward formulas an HVP throws away (the first conv's input gradient;
+zero tensors from ReLU and max-pool). Small CNN below: -25 % per HVP; MLPs: 0-10 %.
 
-Measured and NOT used (CPU, 1 thread; see benchmarks/bench_hessian.py): forward-over-reverse
-(``torch.func.jvp`` of ``torch.func.grad``) recomputes forward and backward per HVP: 1.7-3.5x
-slower than the cached double backward. ``torch.func.linearize`` caches that primal: equal speed on
-MLPs, ~18 % faster on the CNN after the fix above is NOT applied, but tracing costs 0.2-0.3 s per
-batch, more than 32-128 HVPs save. One concatenated graph instead of per-batch graphs: no faster.
+Measured per HVP (CPU, 1 thread, median ms on a shared 2-core machine; the cases of
+benchmarks/bench_hessian.py), and why the alternatives are not used ("recompute": forward +
+backward + double backward per batch, PyHessian's dataloader path):
+                       recompute     cached double backward     torch.func          torch.func.linearize
+                                     plain      lean            jvp(grad(loss))     per HVP   + build once
+  digits FC, 1 batch      21.6        14.1      12.5              30.7               12.6      0.7 s
+  digits FC, 12 batches   22.4        14.3      13.4              55.9               16.2      3.1 s
+  CNN, 4 batches of 64   218.6       123.9      91.1             248.0               92.5      1.3 s
+Forward-over-reverse recomputes forward and backward every HVP; linearize caches that primal but
+traces (make_fx) every batch, more than 32-128 HVPs save. One concatenated graph instead of per-batch
+graphs measured no faster (slower for the CNN). So there is no per-case choice to make: the cached
+double backward wins wherever the cache fits.
 """
 from __future__ import annotations
 
@@ -30,10 +37,10 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 from tqdm import tqdm
 
 from prunelimit import dist
+from prunelimit.spectrum.lean_graphs import LeanGraphMode
 
 CACHE_MAX_SAMPLES = 20_000
 # CUDA: stop caching when free memory falls below this fraction of the device (room for HVPs, basis).
@@ -89,224 +96,6 @@ def _flat(grads: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor],
     return torch.cat(parts, dim=-1)
 
 
-# ------------------------------------------------------------------ leaner second-order graphs
-# PyTorch's double-backward formulas compute pieces an HVP throws away:
-#  - convolution: ``_convolution_double_backward`` forms the gradient w.r.t. the conv's input even
-#    when nothing needs it (the first conv, on data: a transposed conv per batch per HVP), and its
-#    weight-gradient term runs as a slow batch-as-channels convolution;
-#  - ReLU, max-pool: the derivative of their backward w.r.t. the saved activation is zero a.e., but
-#    it is materialised (zeros_like, then added into the activation's gradient).
-# While the first-order graphs are built, ``_LeanGraphMode`` routes these ops through the Functions
-# below: the same forward and first-order kernels, and a backward whose own backward computes only
-# what is used, with PyTorch's convolution_backward kernels. Same numbers up to float rounding.
-
-def _conv(x, weight, conf):
-    stride, padding, dilation, groups = conf
-    return torch.ops.aten.convolution(x, weight, None, stride, padding, dilation, False, [0] * len(stride), groups)
-
-
-def _conv_grads(grad_out, x, weight, conf, mask):
-    """(grad_x, grad_W) of conv(x, W) for grad_out; only the entries set in ``mask``."""
-    stride, padding, dilation, groups = conf
-    gx, gw, _ = torch.ops.aten.convolution_backward(grad_out, x, weight, None, stride, padding, dilation, False,
-                                                    [0] * len(stride), groups, [mask[0], mask[1], False])
-    return gx, gw
-
-
-class _ConvInputGrad(torch.autograd.Function):
-    """grad_x = convT(gO, W) (``x`` only gives the shape). Bilinear in (gO, W): its backward is
-    conv(ggx, W) for gO and the weight gradient of conv(ggx, ·) for W, each only when needed."""
-
-    @staticmethod
-    def forward(grad_out, weight, x, conf):
-        return _conv_grads(grad_out, x, weight, conf, (True, False))[0]
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0], inputs[1])
-        ctx.conf = inputs[3]
-
-    @staticmethod
-    def backward(ctx, ggx):
-        grad_out, weight = ctx.saved_tensors
-        d_gout = _conv(ggx, weight, ctx.conf) if ctx.needs_input_grad[0] else None
-        d_w = _conv_grads(grad_out, ggx, weight, ctx.conf, (False, True))[1] if ctx.needs_input_grad[1] else None
-        return d_gout, d_w, None, None
-
-    generate_vmap_rule = True  # batched HVPs (is_grads_batched) vmap these backwards
-
-
-class _ConvWeightGrad(torch.autograd.Function):
-    """grad_W = convolution_backward(gO, x)[weight] (``weight`` only gives the shape). Bilinear in
-    (gO, x): its backward is conv(x, ggW) for gO and convT(gO, ggW) for x, each only when needed --
-    for data x (the first layer) that skips the input gradient PyTorch's own formula always forms."""
-
-    @staticmethod
-    def forward(grad_out, x, weight, conf):
-        return _conv_grads(grad_out, x, weight, conf, (False, True))[1]
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0], inputs[1])
-        ctx.conf = inputs[3]
-
-    @staticmethod
-    def backward(ctx, ggw):
-        grad_out, x = ctx.saved_tensors
-        d_gout = _conv(x, ggw, ctx.conf) if ctx.needs_input_grad[0] else None
-        d_x = _conv_grads(grad_out, x, ggw, ctx.conf, (True, False))[0] if ctx.needs_input_grad[1] else None
-        return d_gout, d_x, None, None
-
-    generate_vmap_rule = True
-
-
-class _Conv(torch.autograd.Function):
-    """conv(x, W, b) whose backward is built from the two bilinear Functions above."""
-
-    @staticmethod
-    def forward(x, weight, bias, conf):
-        stride, padding, dilation, groups = conf
-        return torch.ops.aten.convolution(x, weight, bias, stride, padding, dilation, False,
-                                          [0] * len(stride), groups)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0], inputs[1])
-        ctx.conf = inputs[3]
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_x = _ConvInputGrad.apply(grad_out, weight, x.detach(), ctx.conf) if need_x else None
-        grad_w = _ConvWeightGrad.apply(grad_out, x, weight.detach(), ctx.conf) if need_w else None
-        grad_b = grad_out.sum([0, *range(2, grad_out.ndim)]) if need_b else None
-        return grad_x, grad_w, grad_b, None
-
-    generate_vmap_rule = True
-
-
-class _Relu(torch.autograd.Function):
-    """relu whose backward reads its output detached (the mask is piecewise constant)."""
-
-    @staticmethod
-    def forward(x):
-        return torch.relu(x)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        out, = ctx.saved_tensors
-        return torch.ops.aten.threshold_backward(grad_out, out.detach(), 0)
-
-    generate_vmap_rule = True
-
-
-class _MaxPool2d(torch.autograd.Function):
-    """max_pool2d (with indices) whose backward reads its input detached."""
-
-    @staticmethod
-    def forward(x, kernel_size, stride, padding, dilation, ceil_mode):
-        return torch.ops.aten.max_pool2d_with_indices(x, kernel_size, stride, padding, dilation, ceil_mode)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0], output[1])
-        ctx.conf = inputs[1:]
-        ctx.mark_non_differentiable(output[1])
-
-    @staticmethod
-    def backward(ctx, grad_out, _grad_indices):
-        x, indices = ctx.saved_tensors
-        grad_in = torch.ops.aten.max_pool2d_with_indices_backward(grad_out, x.detach(), *ctx.conf, indices)
-        return grad_in, None, None, None, None, None
-
-    generate_vmap_rule = True
-
-
-def _per_dim(value, d: int) -> list[int] | None:
-    """An int or a length-d sequence of ints as a list of d ints; None for anything else."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return [value] * d
-    if isinstance(value, (tuple, list)) and len(value) == d and all(isinstance(v, int) for v in value):
-        return list(value)
-    return None
-
-
-def _conv_padding(padding, weight: torch.Tensor, stride, dilation, d: int) -> list[int] | None:
-    if padding == "valid":
-        return [0] * d
-    if padding == "same":  # symmetric only (odd effective kernel, stride 1), as F.conv*d pads it
-        if stride != [1] * d or any(dl * (k - 1) % 2 for dl, k in zip(dilation, weight.shape[2:])):
-            return None
-        return [dl * (k - 1) // 2 for dl, k in zip(dilation, weight.shape[2:])]
-    return _per_dim(padding, d)
-
-
-_CONV_FUNCS = {torch.conv1d: 1, torch.conv2d: 2, torch.conv3d: 3}
-_CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-_RELU_FUNCS = (torch.relu, torch.Tensor.relu, nn.functional.relu)
-_POOL_FUNCS = (nn.functional.max_pool2d, nn.functional.max_pool2d_with_indices, torch.max_pool2d)
-_POOL_ARGS = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
-_PLAIN = (torch.Tensor, nn.Parameter)
-
-
-class _LeanGraphMode(TorchFunctionMode):
-    """While active: torch.conv1d/2d/3d with a weight that requires grad, out-of-place relu and 2-d
-    max-pooling of tensors that require grad go through the Functions above (what nn.Conv*d,
-    nn.ReLU() and nn.MaxPool2d call). Anything else, and any tensor subclass, runs as is."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if all(t in _PLAIN for t in types):
-            out = self._lean(func, args, kwargs)
-            if out is not None:
-                return out
-        return func(*args, **kwargs)
-
-    @staticmethod
-    def _lean(func, args, kwargs):
-        d = _CONV_FUNCS.get(func)
-        if d is not None:
-            a = dict(zip(_CONV_ARGS, args), **kwargs)
-            x, w, b = a.get("input"), a.get("weight"), a.get("bias")
-            if not (isinstance(x, torch.Tensor) and isinstance(w, torch.Tensor) and w.requires_grad
-                    and x.ndim == w.ndim == d + 2):
-                return None
-            stride, dilation = _per_dim(a.get("stride", 1), d), _per_dim(a.get("dilation", 1), d)
-            if stride is None or dilation is None:
-                return None
-            padding = _conv_padding(a.get("padding", 0), w, stride, dilation, d)
-            if padding is None:
-                return None
-            return _Conv.apply(x, w, b, (stride, padding, dilation, int(a.get("groups", 1))))
-        if func in _RELU_FUNCS:
-            x = args[0] if args else kwargs.get("input")
-            if kwargs.get("inplace", False) or len(args) > 1 or not isinstance(x, torch.Tensor) \
-                    or not x.requires_grad:
-                return None  # in-place relu keeps PyTorch's own node (rebasing history is not worth it)
-            return _Relu.apply(x)
-        if func in _POOL_FUNCS:
-            a = dict(zip(_POOL_ARGS, args), **kwargs)
-            x = a.get("input")
-            if not isinstance(x, torch.Tensor) or not x.requires_grad or x.ndim not in (3, 4):
-                return None
-            kernel = _per_dim(a.get("kernel_size"), 2)
-            stride = a.get("stride")
-            stride = kernel if stride is None or (isinstance(stride, (tuple, list)) and not stride) \
-                else _per_dim(stride, 2)
-            padding, dilation = _per_dim(a.get("padding", 0), 2), _per_dim(a.get("dilation", 1), 2)
-            if None in (kernel, stride, padding, dilation):
-                return None
-            out, indices = _MaxPool2d.apply(x, kernel, stride, padding, dilation, bool(a.get("ceil_mode", False)))
-            with_indices = func is nn.functional.max_pool2d_with_indices or a.get("return_indices", False)
-            return (out, indices) if with_indices else out
-        return None
-
-
 class HessianOperator:
     """H of the size-weighted mean loss over ``batches`` (+ ``regularizer``) w.r.t. ``params``.
 
@@ -315,6 +104,8 @@ class HessianOperator:
     its own shard; HVPs and counts are summed over ranks so every rank sees the full-data H v.
     Random augmentation in ``batches`` changes H between passes: use deterministic transforms.
     """
+
+    lean_graphs = True  # build graphs under LeanGraphMode; a subclass with False uses PyTorch's plain ones
 
     def __init__(self, model: nn.Module, loss_fn: Callable, batches: Iterable, *,
                  params: Sequence[tuple[str, nn.Parameter]] | None = None,
@@ -349,6 +140,7 @@ class HessianOperator:
         self.shapes = [p.shape for p in self.params]
         self.sizes = [p.numel() for p in self.params]
         self.dim = sum(self.sizes)
+        self._starts = [sum(self.sizes[:i]) for i in range(len(self.sizes))]  # offsets in a flat vector
         self.dtype = self.params[0].dtype
         if any(p.dtype != self.dtype for p in self.params):
             raise ValueError(f"params of model {type(model).__name__} mix dtypes "
@@ -363,7 +155,6 @@ class HessianOperator:
         # matmat batches its vectors through one vmap'd backward on CUDA. On CPU that measured 1.4-2x
         # SLOWER than a loop of single HVPs (MLP and CNN), so there it loops. Settable for tests.
         self.batched_hvp = self.device.type == "cuda"
-        self.lean_graphs = True
         with torch.enable_grad():  # graphs are needed even when built inside torch.no_grad()
             self._build(cache_graph)
 
@@ -380,9 +171,8 @@ class HessianOperator:
             yield inputs.to(self.device), targets.to(self.device), _batch_size(inputs, targets)
 
     def _graph_mode(self):
-        """Context for forward passes whose gradient graph will be differentiated again; settable
-        (``lean_graphs = False``) to compare with PyTorch's plain graphs."""
-        return _LeanGraphMode() if self.lean_graphs else contextlib.nullcontext()
+        """Context for forward passes whose gradient graph will be differentiated again."""
+        return LeanGraphMode() if self.lean_graphs else contextlib.nullcontext()
 
     def _batch_loss(self, inputs, targets, i: int) -> torch.Tensor:
         loss = self.loss_fn(self.model(inputs), targets)
@@ -402,7 +192,10 @@ class HessianOperator:
     def _build(self, cache_graph: bool | str) -> None:
         """One pass over the data: count samples, check the loss, and (maybe) cache gradient graphs."""
         caching = cache_graph in (True, "auto")
-        grads: list[tuple[int, torch.Tensor]] = []  # (n_b, flat gradient of batch b with its graph)
+        # Σ_b n_b ∇loss_b per parameter (None: unused), each with its graph. Per-parameter tensors,
+        # scaled through the scalar loss, keep the HVP backward free of per-batch cat/scale nodes
+        # (measured ~5 % per HVP on 12 batches against flat per-batch vectors).
+        grads: list[torch.Tensor | None] = [None] * len(self.params)
         count, loss_sum, bad_batch = 0, torch.zeros((), dtype=torch.float64), -1
         with _eval_mode(self.model):
             for i, (x, y, n) in enumerate(self._batches("Hessian: caching gradient graphs"
@@ -410,8 +203,8 @@ class HessianOperator:
                 if caching:
                     with self._graph_mode():
                         loss = self._batch_loss(x, y, i)
-                    g = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
-                    grads.append((n, _flat(g, self.params)))
+                    g = torch.autograd.grad(loss * n, self.params, create_graph=True, allow_unused=True)
+                    grads = [a if b is None else b if a is None else a + b for a, b in zip(grads, g)]
                 else:
                     with torch.no_grad():
                         loss = self._batch_loss(x, y, i)
@@ -420,7 +213,7 @@ class HessianOperator:
                 loss_sum += loss.detach().double().cpu() * n
                 count += n
                 if caching and cache_graph == "auto" and self._cache_full(count):
-                    caching, grads = False, []  # too big to keep: recompute per HVP instead
+                    caching, grads = False, [None] * len(self.params)  # too big: recompute per HVP
         stats = torch.tensor([float(count), loss_sum.item(), float(bad_batch >= 0)], dtype=torch.float64,
                              device=self.device)
         dist.all_reduce_sum(stats)
@@ -435,8 +228,8 @@ class HessianOperator:
         self.cached = caching
         self._graph = None
         if caching:
-            # g = Σ_b (n_b / N) g_b: one graph whose backward is the full-data HVP (this rank's share).
-            self._graph = sum(g * (n / self.num_samples) for n, g in grads)
+            # g = Σ_b (n_b / N) ∇loss_b: one graph whose backward is the full-data HVP (this rank's share).
+            self._graph = tuple(None if g is None else g / self.num_samples for g in grads)
         self._reg_graph = None
         if self.regularizer is not None:
             reg = self.regularizer(self.model)
@@ -444,26 +237,34 @@ class HessianOperator:
                 raise ValueError(f"regularizer(model) must return a finite scalar tensor; got {reg!r}")
             self.loss += reg.item()
             if reg.requires_grad:
-                self._reg_graph = _flat(torch.autograd.grad(reg.reshape(()), self.params, create_graph=True,
-                                                            allow_unused=True), self.params)
+                self._reg_graph = torch.autograd.grad(reg.reshape(()), self.params, create_graph=True,
+                                                      allow_unused=True)
         self._gradient = None
 
     # ------------------------------------------------------------------ products
-    def _backward(self, graph: torch.Tensor, V: torch.Tensor, retain: bool) -> torch.Tensor:
-        """(k, dim) rows of V·∂graph/∂θ; for graph = ∇L this is (H V^T)^T = V H (H symmetric)."""
+    def _backward(self, graph: Sequence[torch.Tensor | None], V: torch.Tensor, retain: bool) -> torch.Tensor:
+        """(k, dim) rows of V·∂g/∂θ for the per-parameter gradient tuple ``graph`` = g; for g = ∇L
+        this is (H V^T)^T = V H (H symmetric)."""
         k = V.shape[0]
-        if not graph.requires_grad:  # the gradient does not depend on θ: H = 0 here
+        live = [(g, start, p) for g, start, p in zip(graph, self._starts, self.params)
+                if g is not None and g.requires_grad]  # the others do not depend on θ: 0 rows of H
+        if not live:
             return torch.zeros_like(V)
+        outputs = [g for g, _, _ in live]
+
+        def cut(rows: torch.Tensor) -> list[torch.Tensor]:  # (..., dim) -> per-parameter (..., *shape)
+            return [rows[..., s:s + p.numel()].reshape(*rows.shape[:-1], *p.shape) for _, s, p in live]
+
         if k > 1 and self.batched_hvp:
             try:
-                out = torch.autograd.grad(graph, self.params, grad_outputs=V, retain_graph=True,
+                out = torch.autograd.grad(outputs, self.params, grad_outputs=cut(V), retain_graph=True,
                                           allow_unused=True, is_grads_batched=True)
                 return _flat(out, self.params, batch=k)
             except (RuntimeError, NotImplementedError):
                 self.batched_hvp = False  # some op lacks a vmap rule: loop over the vectors instead
         rows = []
         for i in range(k):
-            out = torch.autograd.grad(graph, self.params, grad_outputs=V[i],
+            out = torch.autograd.grad(outputs, self.params, grad_outputs=cut(V[i]),
                                       retain_graph=retain or i < k - 1, allow_unused=True)
             rows.append(_flat(out, self.params))
         return torch.stack(rows)
@@ -476,9 +277,9 @@ class HessianOperator:
             for i, (x, y, n) in enumerate(self._batches("Hessian: HVP")):
                 with self._graph_mode():
                     loss = self._batch_loss(x, y, i)
-                g = _flat(torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True),
-                          self.params)
-                out += self._backward(g, V, retain=False) * (n / self.num_samples)
+                g = torch.autograd.grad(loss * (n / self.num_samples), self.params, create_graph=True,
+                                        allow_unused=True)
+                out += self._backward(g, V, retain=False)
                 count += n
         if count != self.local_count:
             raise ValueError(f"batches gave {count} samples in this pass but {self.local_count} when the "
@@ -514,7 +315,7 @@ class HessianOperator:
     @torch.enable_grad()
     def _full_gradient(self) -> torch.Tensor:
         if self.cached:
-            g = self._graph.detach().clone()
+            g = _flat([None if t is None else t.detach() for t in self._graph], self.params)
         else:
             g = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
             with _eval_mode(self.model):
@@ -523,7 +324,7 @@ class HessianOperator:
                     g += _flat(grads, self.params) * (n / self.num_samples)
         dist.all_reduce_sum(g)
         if self._reg_graph is not None:
-            g += self._reg_graph.detach()
+            g += _flat([None if t is None else t.detach() for t in self._reg_graph], self.params)
         return g
 
     def split(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
