@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -16,13 +17,21 @@ SMALL = ["limit.sweep_points=40", "spectrum.lanczos_iter=16", "spectrum.trace_sa
          "--no-progress"]
 
 
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def cli(*args, nproc: int = 1):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     if nproc == 1:
         cmd = [sys.executable, "-m", "prunelimit", *map(str, args)]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "prunelimit", *map(str, args)]
+        # a fresh free port each time: --standalone's fixed rendezvous port can still be held by the
+        # previous launch (TIME_WAIT), which made back-to-back launches fail now and then
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={nproc}",
+               "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "prunelimit", *map(str, args)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out.stdout
