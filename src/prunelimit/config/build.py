@@ -7,25 +7,15 @@ typo such as ``lr: 0.1.0`` or ``epochs: ten`` is reported at load time with the 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from typing import Any, Mapping
 
+from prunelimit.messages import suggest
+
 
 class ConfigError(ValueError):
     """A configuration value or key is wrong; the message says where and how to fix it."""
-
-
-def suggest(name: str, candidates) -> str:
-    """' (did you mean 'x'?)' or ''."""
-    cands = list(candidates)
-    close = difflib.get_close_matches(name, cands, n=1, cutoff=0.6)
-    if not close:
-        lower = {c.lower(): c for c in cands}
-        close = difflib.get_close_matches(name.lower(), list(lower), n=1, cutoff=0.6)
-        close = [lower[c] for c in close]
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def field_names(cls) -> list[str]:

@@ -10,7 +10,8 @@ from typing import Any, Iterable
 
 import yaml
 
-from prunelimit.config.build import ConfigError, build_dataclass, coerce, field_names, suggest, to_dict
+from prunelimit.config.build import ConfigError, build_dataclass, coerce, field_names, to_dict
+from prunelimit.messages import suggest
 from prunelimit.config.original import ORIGINAL_KEYS, is_flat_value, map_flat
 from prunelimit.config.schema import SECTIONS, RunConfig
 

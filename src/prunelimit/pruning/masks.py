@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from ..dist import is_main
+from ..messages import few as _few
 from ..runs.io import atomic_write_bytes
 from .prunable import prunable_parameters
 
@@ -158,7 +159,3 @@ def mask_file_metadata(path: str | os.PathLike) -> dict[str, str]:
     except (SafetensorError, OSError) as e:
         raise ValueError(f"mask file {str(path)!r} is not a readable safetensors file ({e})") from None
 
-
-def _few(items: list[str], n: int = 3) -> str:
-    s = ", ".join(items[:n])
-    return s + (", ..." if len(items) > n else "")

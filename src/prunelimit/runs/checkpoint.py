@@ -14,6 +14,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from prunelimit.messages import few as _few
+
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, or does not fit the model."""
@@ -104,7 +106,3 @@ def check_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], path: str
             f"checkpoint {str(path)!r} does not fit the model {type(model).__name__}: " + "; ".join(parts)
             + ". Check --model/--num-classes match the checkpoint.")
 
-
-def _few(items: list[str], n: int = 3) -> str:
-    s = ", ".join(items[:n])
-    return s + (", ..." if len(items) > n else "")
