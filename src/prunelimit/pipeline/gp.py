@@ -14,7 +14,7 @@ from torch import nn
 from prunelimit import dist
 from prunelimit.pipeline.common import Context, Data, eval_loader, evaluator, fingerprint, group_name, say, train_loader
 from prunelimit.runs.io import atomic_torch_save
-from prunelimit.runs.prune_logs import layer_rows, write_layer_sparsities, write_prune_log
+from prunelimit.runs.prune_logs import write_layer_sparsities, write_prune_log
 
 MASK_FILE = "weight_mask.safetensors"
 PRUNED_FILE = "prunedmodel.pth.tar"
@@ -37,7 +37,7 @@ def compute_masks(model: nn.Module, method: str, sparsity: float, prune_cfg) -> 
 def prune_method(ctx: Context, dense: nn.Module, data: Data | None, method: str, sparsity: float,
                  pre_acc: float | None) -> tuple[nn.Module, dict, dict]:
     """Prune a copy of ``dense``; write the logs, pruned model and mask. Returns (model, masks, record)."""
-    from prunelimit.pruning import apply_masks, load_masks, save_masks
+    from prunelimit.pruning import apply_masks, load_masks, mask_sparsity, save_masks
 
     cfg, run = ctx.cfg, ctx.run
     out = run.sub(method)
@@ -64,22 +64,20 @@ def prune_method(ctx: Context, dense: nn.Module, data: Data | None, method: str,
         return evaluate(model)["top1"]
 
     gp_post = accuracy_with(gp_masks)
-    write_prune_log(out / "prune_log.csv", gp_masks, pre_acc, gp_post)
+    write_prune_log(out / "prune_log.csv", mask_sparsity(gp_masks), pre_acc, gp_post)
     post = gp_post
+    stats = mask_sparsity(masks)
     if plan is not None:
         write_layer_sparsities(out / "layer_sparsities.csv", plan)
         post = accuracy_with(masks)
-        write_prune_log(out / "prune_refined_log.csv", masks, pre_acc, post)
-        clamped = [layer.name for layer in plan.layers if layer.clamped]
-        dense_layers = [layer.name for layer in plan.layers if layer.dense_by_floor]
+        write_prune_log(out / "prune_refined_log.csv", stats, pre_acc, post)
+        clamped, dense_layers = plan.clamped_layers, plan.dense_layers
         say(f"GP+MT ({cfg.prune.mt_mode}, MT {cfg.prune.min_threshold} % -> floor {plan.floor} weights/layer): "
             f"{len(clamped)} layer(s) clamped by the floor{': ' + ', '.join(clamped[:6]) if clamped else ''}"
             f"{' ...' if len(clamped) > 6 else ''}; {len(dense_layers)} left dense")
     model.load_state_dict(dense.state_dict())
     apply_masks(model, masks)
-    rows = layer_rows(masks)
-    n = sum(r["n"] for r in rows)
-    pruned = sum(r["pruned"] for r in rows)
+    n, pruned = stats.total, stats.pruned
     if dist.is_main():
         atomic_torch_save({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}},
                           out / PRUNED_FILE)
@@ -89,8 +87,8 @@ def prune_method(ctx: Context, dense: nn.Module, data: Data | None, method: str,
     record = {
         "method": method, "sparsity_target": sparsity, "prunable_weights": n, "pruned_weights": pruned,
         "sparsity_achieved": pruned / n if n else 0.0, "pre_acc": pre_acc, "post_prune_acc": post,
-        "gp_post_prune_acc": gp_post, "groups": _group_sparsity(rows),
-        "clamped_layers": [layer.name for layer in plan.layers if layer.clamped] if plan is not None else [],
+        "gp_post_prune_acc": gp_post, "groups": _group_sparsity(stats.layers),
+        "clamped_layers": plan.clamped_layers if plan is not None else [],
         "floor": plan.floor if plan is not None else None, "dir": str(out),
     }
     run.mark_done(f"{method}_prune", record, fingerprint(cfg, "prune"))
@@ -103,6 +101,7 @@ def prune_method(ctx: Context, dense: nn.Module, data: Data | None, method: str,
 def finetune_method(ctx: Context, model: nn.Module, masks: dict, data: Data, out: Path, stage: str,
                     title: str, pre_acc: float | None) -> dict:
     """Masked fine-tuning into ``out`` (resumes from ``out/checkpoint_last.pth.tar``); stage marker ``stage``."""
+    from prunelimit.pruning import count_nonzero_pruned
     from prunelimit.train import train
 
     cfg, run = ctx.cfg, ctx.run
@@ -119,9 +118,7 @@ def finetune_method(ctx: Context, model: nn.Module, masks: dict, data: Data, out
                    eval_loader(cfg, data.test, f.batch_size, ctx.device), f, device=ctx.device, masks=masks,
                    run_dir=out, log_name="finetune_log.csv", orig_acc=pre_acc, show_progress=cfg.show_progress,
                    num_classes=data.num_classes)
-    plain = getattr(model, "module", model)
-    nonzero_pruned = sum(int((p.detach()[~masks[name]] != 0).sum().item())
-                         for name, p in plain.named_parameters() if name in masks)
+    nonzero_pruned = count_nonzero_pruned(model, masks)
     if nonzero_pruned:
         raise RuntimeError(f"{nonzero_pruned} pruned weights became non-zero during fine-tuning (a bug; please report)")
     final = result.final or {}
@@ -168,12 +165,13 @@ def _fit_min_threshold(cfg, model: nn.Module, sparsity: float) -> None:
         cfg.prune.min_threshold = largest
 
 
-def _group_sparsity(rows: list[dict]) -> dict[str, dict]:
+def _group_sparsity(layers) -> dict[str, dict]:
+    """Per layer group (``layer1``, ``fc``): weights, pruned, sparsity; ``layers`` from ``mask_sparsity``."""
     groups: dict[str, dict] = {}
-    for r in rows:
-        g = groups.setdefault(group_name(r["name"]), {"n": 0, "pruned": 0})
-        g["n"] += r["n"]
-        g["pruned"] += r["pruned"]
+    for r in layers:
+        g = groups.setdefault(group_name(r.name), {"n": 0, "pruned": 0})
+        g["n"] += r.n
+        g["pruned"] += r.pruned
     for g in groups.values():
         g["sparsity"] = g["pruned"] / g["n"] if g["n"] else 0.0
     return groups

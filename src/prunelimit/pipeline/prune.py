@@ -114,20 +114,22 @@ def _update_summary(run_dir: Path, method: str, record: dict) -> None:
 
 
 def _evaluate_only(ctx: Context, model, masks: dict, data, weights: Path, method_dir: Path) -> dict:
-    from prunelimit.pruning import apply_masks
+    from prunelimit.pruning import apply_masks, count_nonzero_pruned, mask_sparsity
 
     best = method_dir / "model_best.pth.tar"
     source = weights
     if best.exists() and weights.name == PRUNED_FILE:
         load_weights(model, best)
         source = best
+    nonzero = count_nonzero_pruned(model, masks)  # before applying: is the checkpoint really pruned?
     apply_masks(model, masks)
     m = evaluator(ctx.cfg, eval_loader(ctx.cfg, data.test, ctx.cfg.finetune.batch_size, ctx.device), ctx.device,
                   data.num_classes, with_l1=False)(model)
-    n = sum(v.numel() for v in masks.values())
-    pruned = sum(int((~v).sum()) for v in masks.values())
-    zeros = sum(int((p.detach()[~masks[k]] == 0).sum()) for k, p in model.named_parameters() if k in masks)
+    stats = mask_sparsity(masks)
+    exact = ("all of them exactly zero in the checkpoint" if nonzero == 0 else
+             f"{nonzero:,} of them were NOT zero in the checkpoint and were zeroed before evaluating")
     say(f"evaluated {source}: test top-1 {m['top1']:.2f} %, top-5 {m['top5']:.2f} %, loss {m['loss']:.4f}; "
-        f"sparsity {pruned / n:.4f} ({pruned:,} of {n:,} prunable weights, {zeros:,} of them exactly zero)")
-    return {"source": str(source), **{k: m[k] for k in ("top1", "top5", "loss")}, "sparsity": pruned / n}
+        f"sparsity {stats.sparsity:.4f} ({stats.pruned:,} of {stats.total:,} prunable weights pruned, {exact})")
+    return {"source": str(source), **{k: m[k] for k in ("top1", "top5", "loss")}, "sparsity": stats.sparsity,
+            "nonzero_pruned": nonzero}
 

@@ -3,7 +3,7 @@ applying masks, mask files and mask statistics."""
 from .config import PruneConfig, masks_for_config
 from .legacy import load_legacy_mask_npy
 from .magnitude import global_magnitude_masks, prunable_layers
-from .masks import (LayerMaskStats, MaskStats, apply_masks, check_masks_fit, load_masks, mask_file_metadata,
+from .masks import (LayerMaskStats, MaskStats, apply_masks, check_masks_fit, count_nonzero_pruned, load_masks, mask_file_metadata,
                     mask_sparsity, masks_sparsity_of_model, save_masks)
 from .min_threshold import (LAYER_SPARSITY_COLUMNS, MT_MODES, LayerPlan, MTPlan, max_feasible_min_threshold,
                             max_feasible_sparsity, min_threshold_masks, min_threshold_plan,
@@ -13,7 +13,7 @@ from .select import prune_count
 
 __all__ = [
     "LAYER_SPARSITY_COLUMNS", "LayerMaskStats", "LayerPlan", "MT_MODES", "MTPlan", "MaskStats", "PruneConfig",
-    "apply_masks", "check_masks_fit", "count_prunable", "global_magnitude_masks", "load_legacy_mask_npy",
+    "apply_masks", "check_masks_fit", "count_nonzero_pruned", "count_prunable", "global_magnitude_masks", "load_legacy_mask_npy",
     "load_masks", "mask_file_metadata", "mask_sparsity", "masks_for_config", "masks_sparsity_of_model",
     "max_feasible_min_threshold", "max_feasible_sparsity", "min_threshold_masks", "min_threshold_plan", "min_threshold_plan_and_masks",
     "prunable_layers", "prunable_parameters", "prune_count", "save_masks",

@@ -103,6 +103,13 @@ def mask_sparsity(masks: Mapping[str, Tensor]) -> MaskStats:
     return MaskStats(total, pruned, sparsity, 1.0 - sparsity, tuple(layers))
 
 
+def count_nonzero_pruned(model: nn.Module, masks: Mapping[str, Tensor]) -> int:
+    """How many weights the masks prune are not exactly zero in ``model`` (0 for a correctly pruned model)."""
+    params = dict(_unwrap(model).named_parameters())
+    with torch.no_grad():
+        return sum(int((params[name][~mask.to(params[name].device)] != 0).sum()) for name, mask in masks.items())
+
+
 def masks_sparsity_of_model(model: nn.Module, include=None, exclude=None) -> float:
     """Measured fraction of exactly-zero prunable weights (what the model really has, mask or not)."""
     params = prunable_parameters(_unwrap(model), include, exclude)
