@@ -76,18 +76,26 @@ def _write(csv_path, rows: list[dict]) -> None:
         write_csv(csv_path, SWEEP_COLUMNS, [[r[c] for c in SWEEP_COLUMNS] for r in rows])
 
 
-def _read_done(csv_path, ordering: MagnitudeOrdering) -> dict[int, dict]:
-    """Rows of an earlier, interrupted sweep keyed by pruned count (empty when there is no file)."""
-    if csv_path is None or not os.path.exists(csv_path):
-        return {}
+def read_sweep_csv(csv_path) -> list[dict]:
+    """The rows of a sweep table written by ``run_sweep``, typed (floats, int counts, None for blanks)."""
     raw = read_csv(csv_path)
     if raw and set(SWEEP_COLUMNS) - raw[0].keys():
         raise ValueError(f"sweep table {str(csv_path)!r} lacks columns {sorted(set(SWEEP_COLUMNS) - raw[0].keys())};"
                          f" it was not written by run_sweep: delete it or resume=False")
-    done = {}
+    rows = []
     for r in raw:
         row = {c: (None if r[c] == "" else float(r[c])) for c in SWEEP_COLUMNS}
         row["kept_weights"], row["pruned_weights"] = int(row["kept_weights"]), int(row["pruned_weights"])
+        rows.append(row)
+    return rows
+
+
+def _read_done(csv_path, ordering: MagnitudeOrdering) -> dict[int, dict]:
+    """Rows of an earlier, interrupted sweep keyed by pruned count (empty when there is no file)."""
+    if csv_path is None or not os.path.exists(csv_path):
+        return {}
+    done = {}
+    for row in read_sweep_csv(csv_path):
         if row["kept_weights"] + row["pruned_weights"] != ordering.num_weights:
             raise ValueError(f"sweep table {str(csv_path)!r} was written for a model with "
                              f"{row['kept_weights'] + row['pruned_weights']} prunable weights, this one has "

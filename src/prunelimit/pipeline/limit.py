@@ -7,14 +7,13 @@ rerun skips what is finished; an interrupted sweep resumes from its CSV.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from prunelimit import dist
 from prunelimit.pipeline.common import Context, Data, eval_loader, evaluator, fingerprint, say
-from prunelimit.runs.io import read_csv, read_json, write_csv, write_json
+from prunelimit.runs.io import read_json, write_csv, write_json
 
 
 def _ordering(ctx: Context, model: nn.Module):
@@ -31,7 +30,9 @@ def sweep_stage(ctx: Context, model: nn.Module, data: Data, ordering) -> list[di
     csv_path = out / "sweep.csv"
     if ctx.run.stage_result("sweep", fingerprint(cfg, "sweep")) is not None:
         say(f"sweep: finished earlier ({csv_path})")
-        return _read_rows(csv_path)
+        from prunelimit.limit.sweep import read_sweep_csv
+
+        return read_sweep_csv(csv_path)
     bs = cfg.train.batch_size
     test_eval = evaluator(cfg, eval_loader(cfg, data.test, bs, ctx.device), ctx.device, data.num_classes)
     train_eval = (evaluator(cfg, eval_loader(cfg, data.train_eval, bs, ctx.device), ctx.device, data.num_classes)
@@ -53,23 +54,6 @@ def sweep_stage(ctx: Context, model: nn.Module, data: Data, ordering) -> list[di
                          show_progress=cfg.show_progress, csv_path=csv_path, resume=True)
     ctx.run.mark_done("sweep", {"rows": len(rows), "csv": str(csv_path)}, fingerprint(cfg, "sweep"))
     return rows
-
-
-def _read_rows(path: Path) -> list[dict]:
-    rows = []
-    for r in read_csv(path):
-        rows.append({k: _num(v) for k, v in r.items()})
-    return rows
-
-
-def _num(v: str):
-    if v in ("", "None"):
-        return None
-    try:
-        f = float(v)
-    except ValueError:
-        return v
-    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
 
 
 def hessian_setup(ctx: Context, model: nn.Module, data: Data):
