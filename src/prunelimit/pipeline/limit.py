@@ -6,6 +6,7 @@ rerun skips what is finished; an interrupted sweep resumes from its CSV.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -57,7 +58,8 @@ def sweep_stage(ctx: Context, model: nn.Module, data: Data, ordering) -> list[di
 
 
 def hessian_setup(ctx: Context, model: nn.Module, data: Data):
-    """The Hessian operator of the training loss (with the L1 term when trained with one)."""
+    """``(get_op, loss_fn, loader)``: a builder of the Hessian operator of the training loss (with the L1
+    term when trained with one), its loss and its batches."""
     from prunelimit.spectrum import HessianOperator
     from prunelimit.train import l1_penalty, make_criterion
 
@@ -68,12 +70,18 @@ def hessian_setup(ctx: Context, model: nn.Module, data: Data):
     limit_batches = None if cfg.data.use_full_data else 1
     loader = eval_loader(cfg, data.train_eval, t.batch_size, ctx.device, limit_batches=limit_batches,
                          evaluation=False)
-    op = HessianOperator(model, loss_fn, loader, regularizer=regularizer, device=ctx.device,
-                         cache_graph=cfg.spectrum.cache_graph, show_progress=cfg.show_progress)
-    return op, loss_fn, loader
+
+    @functools.cache
+    def get_op():
+        # built on first use only: building caches every batch's gradient graph, which a rerun whose
+        # spectrum and rows stages already finished does not need
+        return HessianOperator(model, loss_fn, loader, regularizer=regularizer, device=ctx.device,
+                               cache_graph=cfg.spectrum.cache_graph, show_progress=cfg.show_progress)
+
+    return get_op, loss_fn, loader
 
 
-def spectrum_stage(ctx: Context, model: nn.Module, data: Data, op) -> dict:
+def spectrum_stage(ctx: Context, model: nn.Module, data: Data, get_op) -> dict:
     from prunelimit.spectrum import hessian_trace, memory_message, slq_spectrum, spectral_density, top_eigenvalues
     from prunelimit.spectrum.plots import plot_density
 
@@ -82,11 +90,12 @@ def spectrum_stage(ctx: Context, model: nn.Module, data: Data, op) -> dict:
     if done is not None:
         say("spectrum: finished earlier")
         return read_json(out / "spectrum.json")
+    op = get_op()
     s = cfg.spectrum
     steps = min(s.lanczos_iter, op.dim)
     if steps < s.lanczos_iter:
         say(f"spectrum: lanczos_iter {s.lanczos_iter} exceeds the Hessian dimension {op.dim}; using {steps}")
-    say(f"spectrum: Hessian over {op.dim:,} parameters; {memory_message(op.dim, steps, probes=1)}")
+    say(f"spectrum: Hessian over {op.dim:,} parameters; {memory_message(op.dim, steps, op.dtype, probes=1)}")
     nodes, weights = slq_spectrum(op, steps, s.lanczos_num, seed=s.seed, show_progress=cfg.show_progress)
     k = min(s.top_k, op.dim)
     top = top_eigenvalues(op, k, seed=s.seed)[0] if k > 0 else torch.empty(0)
@@ -110,7 +119,7 @@ def spectrum_stage(ctx: Context, model: nn.Module, data: Data, op) -> dict:
     return result
 
 
-def rows_stage(ctx: Context, model: nn.Module, op) -> float:
+def rows_stage(ctx: Context, model: nn.Module, get_op) -> float:
     """Flat fraction q from Hessian rows at the magnitude quantiles (0 when not configured)."""
     from prunelimit.spectrum import hessian_row_norms
     from prunelimit.spectrum.plots import plot_row_norms
@@ -123,7 +132,7 @@ def rows_stage(ctx: Context, model: nn.Module, op) -> float:
     if done is not None:
         return float(done["flat_fraction"])
     p = cfg.prune
-    res = hessian_row_norms(op, model, quantiles=s.row_quantiles, include=p.include, exclude=p.exclude,
+    res = hessian_row_norms(get_op(), model, quantiles=s.row_quantiles, include=p.include, exclude=p.exclude,
                             threshold=s.row_threshold)
     if dist.is_main():
         rows = res.rows()
@@ -180,9 +189,9 @@ def run_limit(ctx: Context, model: nn.Module, data: Data) -> dict | None:
     rows = sweep_stage(ctx, model, data, ordering) if st.sweep else None
     if not (st.spectrum or st.limit):
         return None
-    op, loss_fn, loader = hessian_setup(ctx, model, data)
-    spectrum = spectrum_stage(ctx, model, data, op)
-    q = rows_stage(ctx, model, op)
+    get_op, loss_fn, loader = hessian_setup(ctx, model, data)
+    spectrum = spectrum_stage(ctx, model, data, get_op)
+    q = rows_stage(ctx, model, get_op)
     if not st.limit:
         return None
     if rows is None:
