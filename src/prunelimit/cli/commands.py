@@ -63,7 +63,7 @@ def _config(args: argparse.Namespace, *, extra: list[str] = (), empty_base: bool
 def cmd_run(args, argv) -> int:
     from prunelimit.pipeline.run import run_pipeline
 
-    run_pipeline(_config(args), ["prunelimit", *argv])
+    run_pipeline(_config(args), ["prunelimit", *argv], allow_pickle=args.allow_pickle)
     return 0
 
 
@@ -71,7 +71,7 @@ def _limit_stages(args, argv, stages: dict[str, bool]) -> int:
     from prunelimit.pipeline.run import run_pipeline
 
     extra = ["pipeline=limit"] + [f"stages.{k}={str(v).lower()}" for k, v in stages.items()]
-    run_pipeline(_config(args, extra=extra), ["prunelimit", *argv])
+    run_pipeline(_config(args, extra=extra), ["prunelimit", *argv], allow_pickle=args.allow_pickle)
     return 0
 
 
@@ -105,8 +105,6 @@ def _model_overrides(args) -> list[str]:
         out.append(f"model.input_shape={shape}")
     if args.checkpoint is not None:
         out.append(f"model.checkpoint={_yaml(args.checkpoint)}")
-    if args.allow_pickle:
-        out.append("model.allow_pickle=true")
     if args.data_path is not None:
         out.append(f"data.data_path={_yaml(args.data_path)}")
     if args.download:
@@ -130,7 +128,7 @@ def cmd_prune(args, argv) -> int:
         cfg.name = f"prune-{cfg.model.name}-{cfg.prune.sparsity:g}" + (
             f"-mt{cfg.prune.min_threshold:g}" if cfg.prune.min_threshold else "")
     cfg.gp.methods = ["gp_mt"] if cfg.prune.min_threshold else ["gp"]
-    prune_command(cfg, ["prunelimit", *argv])
+    prune_command(cfg, ["prunelimit", *argv], allow_pickle=args.allow_pickle)
     return 0
 
 

@@ -29,6 +29,9 @@ def _common(p: argparse.ArgumentParser, *, config: bool = True, config_required:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="let this command unpickle checkpoint/mask files, which can run code (trusted files only); "
+                        "never read from a config or run directory")
 
 
 def _gp_flags(p: argparse.ArgumentParser, *, prune: bool = True) -> None:
@@ -58,8 +61,6 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-classes", type=int)
     g.add_argument("--input-shape", help="C,H,W of one example, for models that need it when no --dataset is given")
     g.add_argument("--checkpoint", help="weights: a state_dict, {'state_dict': ...}, DDP 'module.' keys accepted")
-    g.add_argument("--allow-pickle", action="store_true",
-                   help="let torch.load run pickled code from checkpoint/mask files (trusted files only)")
     g.add_argument("--dataset", help="dataset name (see `prunelimit ls datasets`); omit to skip evaluation")
     g.add_argument("--data-path", help="folder with the dataset files")
     g.add_argument("--download", action="store_true", help="download mnist/cifar10/cifar100 when missing")

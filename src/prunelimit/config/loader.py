@@ -17,6 +17,7 @@ from prunelimit.config.schema import SECTIONS, RunConfig
 
 TOP_LEVEL = [f for f in field_names(RunConfig) if f not in SECTIONS]
 _MISSING = object()
+PICKLE_KEY = "allow_pickle"
 
 
 def shipped_configs() -> dict[str, Path]:
@@ -79,7 +80,7 @@ def split_raw(raw: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: section {key!r} must be a mapping (e.g. {key}: {{...}}), got {value!r}")
             tree.setdefault(key, {}).update(value)
-        elif key in TOP_LEVEL:
+        elif key in TOP_LEVEL or key == PICKLE_KEY:  # allow_pickle: refused with its own message
             tree[""][key] = value
         else:
             raise ConfigError(f"{where}: unknown key {key!r}{suggest(key, valid)}. Top-level keys: "
@@ -106,7 +107,7 @@ def apply_overrides(tree: dict[str, dict[str, Any]], overrides: Iterable[str]) -
             if tree.get(section) is None:
                 tree[section] = {}
             tree[section][field] = value
-        elif key in TOP_LEVEL:
+        elif key in TOP_LEVEL or key == PICKLE_KEY:
             if key == "gpu" and value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise ConfigError(f"override {item!r}: gpu must be a GPU index such as 0")
             tree[""][key] = value
@@ -128,7 +129,25 @@ def apply_overrides(tree: dict[str, dict[str, Any]], overrides: Iterable[str]) -
                               f"use section.key=value, e.g. train.lr=0.05")
 
 
+def refuse_pickle_opt_in(tree: dict[str, Any], where: str) -> None:
+    """An opt-in to unpickling is per command line (``--allow-pickle``), never read from a file.
+
+    A config that says ``allow_pickle: true`` (at the top or in any section) is refused; ``false`` is the
+    default and is dropped, so run directories written by older versions (which recorded
+    ``model.allow_pickle: false``) still load."""
+    for section, values in list(tree.items()):
+        if not isinstance(values, dict) or section == "_flat":
+            continue
+        if PICKLE_KEY in values:
+            key = f"{section}.{PICKLE_KEY}" if section else PICKLE_KEY
+            if values[PICKLE_KEY] is not False:
+                raise ConfigError(f"{where}: {key} is not a config key: unpickling is allowed only by the "
+                                  f"--allow-pickle flag of the command that loads the file; remove the key")
+            del values[PICKLE_KEY]
+
+
 def build_run_config(tree: dict[str, dict[str, Any]], where: str) -> RunConfig:
+    refuse_pickle_opt_in(tree, where)
     base = to_dict(RunConfig())
     kwargs: dict[str, Any] = {}
     for key, value in tree.get("", {}).items():

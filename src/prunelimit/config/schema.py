@@ -26,7 +26,6 @@ class ModelConfig:
     input_shape: list[int] | None = None   # (C, H, W) of one example; None: the dataset's
     init: str = "default"                  # "default" (PyTorch's), "kaiming_normal" (the limit paper's), "kaiming_uniform"
     checkpoint: str | None = None          # dense weights to start from; None: train (or random init for `prune`)
-    allow_pickle: bool = False             # let torch.load run pickled code in checkpoint files (trusted files only)
     kwargs: dict = field(default_factory=dict)  # extra model arguments, e.g. {dropout: 0.3}
 
     def __post_init__(self):

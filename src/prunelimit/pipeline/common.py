@@ -31,13 +31,15 @@ class Context:
     cfg: RunConfig
     run: RunDir
     device: torch.device
+    allow_pickle: bool = False  # this command line's --allow-pickle; never read from or written to a file
 
 
 def default_out(cfg: RunConfig) -> Path:
     return Path(cfg.out) if cfg.out else Path("runs") / (cfg.name or "run")
 
 
-def setup(cfg: RunConfig, argv: list[str] | None = None, *, strict_keys: set[str] | None = None) -> Context:
+def setup(cfg: RunConfig, argv: list[str] | None = None, *, strict_keys: set[str] | None = None,
+          allow_pickle: bool = False) -> Context:
     """Initialise torchrun (if launched by it), pick the device, seed, write config + environment."""
     device_name = cfg.device
     if device_name == "auto" and cfg.gpu is not None and torch.cuda.is_available():
@@ -52,7 +54,7 @@ def setup(cfg: RunConfig, argv: list[str] | None = None, *, strict_keys: set[str
     dist.barrier()
     run.write_config(to_dict(cfg), strict_keys=strict_keys)
     run.write_environment(argv)
-    return Context(cfg=cfg, run=run, device=device)
+    return Context(cfg=cfg, run=run, device=device, allow_pickle=allow_pickle)
 
 
 def seed_everything(seed: int) -> None:

@@ -19,12 +19,12 @@ def dense_model(ctx: Context, data: Data | None, *, train_if_needed: bool = True
     model = build_model(cfg, with_data=data is not None)
     done = run.stage_result("dense", fingerprint(cfg, "dense"))
     if done is not None:
-        load_weights(model, done["weights"], allow_pickle=cfg.model.allow_pickle and done["source"] == "checkpoint")
+        load_weights(model, done["weights"], allow_pickle=ctx.allow_pickle and done["source"] == "checkpoint")
         say(f"dense model: reusing {done['weights']} (finished earlier)")
         return model.to(ctx.device), done
 
     if cfg.model.checkpoint:
-        load_weights(model, cfg.model.checkpoint, allow_pickle=cfg.model.allow_pickle)
+        load_weights(model, cfg.model.checkpoint, allow_pickle=ctx.allow_pickle)
         model.to(ctx.device)
         record = {"source": "checkpoint", "weights": str(cfg.model.checkpoint)}
         if data is not None:

@@ -14,9 +14,10 @@ from prunelimit.pipeline.gp import MASK_FILE, METHOD_TITLES, PRUNED_FILE, finetu
 from prunelimit.runs.report import print_summary, write_summary
 
 
-def prune_command(cfg: RunConfig, argv: list[str]) -> dict:
+def prune_command(cfg: RunConfig, argv: list[str], *, allow_pickle: bool = False) -> dict:
+    """``allow_pickle``: this command line's opt-in to unpickling the checkpoint (never from a config)."""
     start = time.time()
-    ctx = setup(cfg, argv)
+    ctx = setup(cfg, argv, allow_pickle=allow_pickle)
     say(f"run directory: {ctx.run.path}  (device {ctx.device})")
     data = load_data(cfg)
     if data is None:
@@ -76,12 +77,12 @@ def finetune_command(args: argparse.Namespace, flag_overrides: list[str], model_
     if cfg.data is None:
         raise ConfigError("finetune needs a dataset: pass --dataset NAME (and --data-path DIR), "
                           "e.g. --dataset cifar10 --data-path ~/data")
-    ctx = setup(cfg, argv, strict_keys={"model"})
+    ctx = setup(cfg, argv, strict_keys={"model"}, allow_pickle=args.allow_pickle)
     data = load_data(cfg)
     model = build_model(cfg)
-    load_weights(model, weights, allow_pickle=cfg.model.allow_pickle)
+    load_weights(model, weights, allow_pickle=ctx.allow_pickle)
     if mask_path.suffix == ".npy":
-        masks = load_legacy_mask_npy(mask_path, model, allow_pickle=cfg.model.allow_pickle,
+        masks = load_legacy_mask_npy(mask_path, model, allow_pickle=ctx.allow_pickle,
                                      include=cfg.prune.include, exclude=cfg.prune.exclude)
     else:
         masks = load_masks(mask_path)

@@ -12,9 +12,10 @@ from prunelimit.pipeline.limit import run_limit
 from prunelimit.runs.report import print_summary, write_summary
 
 
-def run_pipeline(cfg: RunConfig, argv: list[str] | None = None) -> dict:
+def run_pipeline(cfg: RunConfig, argv: list[str] | None = None, *, allow_pickle: bool = False) -> dict:
+    """``allow_pickle``: this command line's opt-in to unpickling checkpoint files (never from a config)."""
     start = time.time()
-    ctx = setup(cfg, argv)
+    ctx = setup(cfg, argv, allow_pickle=allow_pickle)
     say(f"run directory: {ctx.run.path}  (device {ctx.device})")
     data = load_data(cfg)
     model, dense_record = dense_model(ctx, data)
