@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 # name -> module that defines it; imported on first use so `import prunelimit` stays fast.
 _EXPORTS = {
+    "PrunelimitError": "prunelimit.errors",
     "create_model": "prunelimit.models",
     "list_models": "prunelimit.models",
     "register_model": "prunelimit.models",

@@ -10,6 +10,7 @@ import os
 
 import torch
 import torch.distributed as tdist
+from prunelimit.errors import PrunelimitError
 
 
 def is_distributed() -> bool:
@@ -55,11 +56,11 @@ def resolve_device(name: str | None = None) -> torch.device:
     try:
         dev = torch.device(name)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device {name!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
+        raise PrunelimitError(f"device {name!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
     if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+        raise PrunelimitError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but CUDA is not available; use --device cpu")
+        raise PrunelimitError(f"device {name!r} was asked for but CUDA is not available; use --device cpu")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return dev

@@ -8,6 +8,7 @@ import yaml
 
 from prunelimit.config import RunConfig, config_from_overrides, dump_config, load_config, shipped_configs
 from prunelimit.config.build import ConfigError
+from prunelimit.errors import PrunelimitError
 
 # original GP flag -> finetune field
 _FINETUNE_FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "momentum": "momentum",
@@ -151,7 +152,7 @@ def cmd_validate(args, argv) -> int:
     for spec in args.configs:
         try:
             cfg = load_config(spec)
-        except ValueError as e:
+        except PrunelimitError as e:
             print(f"error: {e}")
             failed += 1
             continue
@@ -160,7 +161,7 @@ def cmd_validate(args, argv) -> int:
         else:
             print(f"# {spec}: OK (pipeline {cfg.pipeline})\n{dump_config(cfg)}")
     if failed:
-        raise ValueError(f"{failed} of {len(args.configs)} config(s) failed validation")
+        raise PrunelimitError(f"{failed} of {len(args.configs)} config(s) failed validation")
     return 0
 
 

@@ -1,14 +1,20 @@
 """``prunelimit <command> [CONFIG] [key=value ...] [--flags]`` — the only place that reads argv.
 
 Commands: run, train, sweep, spectrum, limit, prune, finetune, report, validate, ls.
-Every error a user can cause is printed as one ``error: ...`` line with exit code 2.
+Every error a user can cause (``PrunelimitError``) is printed as one ``error: ...`` line with exit code 2;
+anything else is a bug and keeps its traceback. SIGTERM stops like Ctrl-C, with the resume message.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
+import traceback
 
 from prunelimit.cli import commands
+from prunelimit.errors import PrunelimitError
 
 EPILOG = """examples:
   prunelimit run                                   # the embedded default on sklearn's digits (~1 min on CPU)
@@ -122,18 +128,49 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous_term = signal.signal(signal.SIGTERM, _terminated) if in_main_thread else None
     try:
-        return commands.dispatch(args, argv) or 0
-    except KeyboardInterrupt:
+        rc = commands.dispatch(args, argv) or 0
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below, not at interpreter exit
+        return rc
+    except (KeyboardInterrupt, Terminated) as stop:
         print("\ninterrupted; run the same command again to resume where it stopped", file=sys.stderr)
-        return 130
-    except ValueError as e:  # every user-caused error is a ValueError with a message that says what to fix
+        return 143 if isinstance(stop, Terminated) else 130
+    except PrunelimitError as e:  # bad input: one line that says what to fix
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `prunelimit report DIR | head`: the reader has gone; stop quietly
+        _silence_stdout()
+        return 141
+    except Exception:  # anything else is a bug in prunelimit: keep the traceback
+        traceback.print_exc()
+        print("this is a bug in prunelimit, not a problem with your input; please report it with the command "
+              "line and the traceback above", file=sys.stderr)
+        return 1
     finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_term)
         from prunelimit import dist
 
         dist.shutdown()
+
+
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's or torchrun's stop): unwinds like Ctrl-C so files are left resumable."""
+
+
+def _terminated(signum, frame):
+    raise Terminated()
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _version() -> str:

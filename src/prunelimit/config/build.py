@@ -11,10 +11,11 @@ import types
 import typing
 from typing import Any, Mapping
 
+from prunelimit.errors import PrunelimitError
 from prunelimit.messages import suggest
 
 
-class ConfigError(ValueError):
+class ConfigError(PrunelimitError):
     """A configuration value or key is wrong; the message says where and how to fix it."""
 
 

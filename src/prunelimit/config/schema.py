@@ -14,6 +14,7 @@ from prunelimit.limit import LimitConfig
 from prunelimit.pruning import PruneConfig
 from prunelimit.spectrum import SpectrumConfig
 from prunelimit.train import GP_FINETUNE_DEFAULTS, TrainConfig
+from prunelimit.errors import PrunelimitError
 
 PIPELINES = ("default", "gp", "limit")
 METHODS = ("gp", "gp_mt")
@@ -33,13 +34,13 @@ class ModelConfig:
 
         model_info(self.name)  # raises ValueError listing valid names
         if self.num_classes is not None and self.num_classes < 2:
-            raise ValueError(f"model.num_classes must be >= 2, got {self.num_classes}")
+            raise PrunelimitError(f"model.num_classes must be >= 2, got {self.num_classes}")
         from prunelimit.models import INIT_SCHEMES
 
         if self.init not in INIT_SCHEMES:
-            raise ValueError(f"model.init must be one of {list(INIT_SCHEMES)}, got {self.init!r}")
+            raise PrunelimitError(f"model.init must be one of {list(INIT_SCHEMES)}, got {self.init!r}")
         if self.input_shape is not None and (len(self.input_shape) != 3 or min(self.input_shape) < 1):
-            raise ValueError(f"model.input_shape must be [C, H, W] with positive sizes, got {self.input_shape!r}")
+            raise PrunelimitError(f"model.input_shape must be [C, H, W] with positive sizes, got {self.input_shape!r}")
         if self.checkpoint is not None and not self.checkpoint.strip():
             self.checkpoint = None
 
@@ -53,9 +54,9 @@ class GPConfig:
     def __post_init__(self):
         for m in self.methods:
             if m not in METHODS:
-                raise ValueError(f"gp.methods: unknown method {m!r}; valid: {list(METHODS)}")
+                raise PrunelimitError(f"gp.methods: unknown method {m!r}; valid: {list(METHODS)}")
         if self.sparsity_from not in ("config", "predicted_limit"):
-            raise ValueError(f"gp.sparsity_from must be 'config' or 'predicted_limit', got {self.sparsity_from!r}")
+            raise PrunelimitError(f"gp.sparsity_from must be 'config' or 'predicted_limit', got {self.sparsity_from!r}")
 
 
 @dataclass
@@ -90,13 +91,13 @@ class RunConfig:
 
     def __post_init__(self):
         if self.pipeline not in PIPELINES:
-            raise ValueError(f"pipeline must be one of {list(PIPELINES)}, got {self.pipeline!r}")
+            raise PrunelimitError(f"pipeline must be one of {list(PIPELINES)}, got {self.pipeline!r}")
         if self.eval_batch_size is not None and self.eval_batch_size < 1:
-            raise ValueError(f"eval_batch_size must be a positive integer, got {self.eval_batch_size}")
+            raise PrunelimitError(f"eval_batch_size must be a positive integer, got {self.eval_batch_size}")
         if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be a positive integer or null, got {self.threads}")
+            raise PrunelimitError(f"threads must be a positive integer or null, got {self.threads}")
         if self.gpu is not None and self.gpu < 0:
-            raise ValueError(f"gpu must be a GPU index such as 0, got {self.gpu}")
+            raise PrunelimitError(f"gpu must be a GPU index such as 0, got {self.gpu}")
 
 
 SECTIONS = ("model", "data", "train", "stages", "spectrum", "limit", "prune", "gp", "finetune")

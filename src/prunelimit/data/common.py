@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from prunelimit import dist
 from prunelimit.data.info import dataset_info
+from prunelimit.errors import PrunelimitError
 
 
 class ImageTensorDataset(Dataset):
@@ -24,10 +25,10 @@ class ImageTensorDataset(Dataset):
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float],
                  std: Sequence[float], augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
         if images.ndim != 4 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-            raise ValueError(f"images must be (N, C, H, W) and labels (N,), got {tuple(images.shape)} "
+            raise PrunelimitError(f"images must be (N, C, H, W) and labels (N,), got {tuple(images.shape)} "
                              f"and {tuple(labels.shape)}")
         if len(mean) != images.shape[1] or len(std) != images.shape[1]:
-            raise ValueError(f"mean/std need one value per channel ({images.shape[1]}), got {mean} / {std}")
+            raise PrunelimitError(f"mean/std need one value per channel ({images.shape[1]}), got {mean} / {std}")
         self.images = images
         self.labels = labels.to(torch.int64)
         self.scale = 1.0 / 255.0 if images.dtype == torch.uint8 else 1.0
@@ -66,10 +67,10 @@ class ImageTensorDataset(Dataset):
         return self._full
 
 
-def missing_data_error(dataset: str, path: str | os.PathLike, problem: str = "was not found") -> ValueError:
+def missing_data_error(dataset: str, path: str | os.PathLike, problem: str = "was not found") -> PrunelimitError:
     """The error for absent or unusable dataset files: what, the exact path, and how to get the data."""
     info = dataset_info(dataset)
-    return ValueError(f"{dataset}: {os.fspath(path)} {problem}. {info.how_to_get}")
+    return PrunelimitError(f"{dataset}: {os.fspath(path)} {problem}. {info.how_to_get}")
 
 
 def require_paths(dataset: str, paths: Sequence[Path]) -> None:
@@ -90,5 +91,5 @@ def run_download(dataset: str, target: Path, fetch: Callable[[], None]) -> None:
     dist.barrier()
     if failure is not None:
         info = dataset_info(dataset)
-        raise ValueError(f"{dataset}: downloading into {target} failed ({type(failure).__name__}: {failure}). "
+        raise PrunelimitError(f"{dataset}: downloading into {target} failed ({type(failure).__name__}: {failure}). "
                          f"Without network access place the files yourself: {info.how_to_get}") from failure

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from prunelimit.errors import PrunelimitError
 
 # ImageNet statistics; TinyImageNet is a 64x64 subset of ImageNet, so it uses them too.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -65,13 +66,13 @@ def list_datasets() -> list[str]:
 def canonical_name(name: str, key: str = "dataset") -> str:
     """Map a user-typed dataset name onto its registry name, or raise ``ValueError`` naming ``key``."""
     if not isinstance(name, str):
-        raise ValueError(f"{key} must be a dataset name (one of {', '.join(_ORDER)}), got {name!r}")
+        raise PrunelimitError(f"{key} must be a dataset name (one of {', '.join(_ORDER)}), got {name!r}")
     squashed = name.strip().lower().replace("-", "").replace("_", "")
     if squashed in _ORDER:
         return squashed
     close = difflib.get_close_matches(squashed, _ORDER, n=1, cutoff=0.6)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"{key}: unknown dataset {name!r}; valid names are {', '.join(_ORDER)}.{hint}")
+    raise PrunelimitError(f"{key}: unknown dataset {name!r}; valid names are {', '.join(_ORDER)}.{hint}")
 
 
 def dataset_info(name: str) -> DatasetInfo:

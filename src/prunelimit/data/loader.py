@@ -16,6 +16,7 @@ from torch.utils.data.dataloader import default_collate
 
 from prunelimit import dist
 from prunelimit.data.common import ImageTensorDataset
+from prunelimit.errors import PrunelimitError
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -42,7 +43,7 @@ class EpochShuffleSampler(Sampler[int]):
 
 def _check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"make_loader: {name} must be an integer >= {minimum}, got {value!r}")
+        raise PrunelimitError(f"make_loader: {name} must be an integer >= {minimum}, got {value!r}")
     return value
 
 
@@ -50,7 +51,7 @@ def per_rank_batch_size(batch_size: int, world_size: int) -> int:
     """``batch_size // world_size``; ``ValueError`` when there are more processes than samples per step."""
     _check_int("batch_size", batch_size, 1)
     if batch_size < world_size:
-        raise ValueError(f"batch_size {batch_size} is the total over all {world_size} processes and must be at "
+        raise PrunelimitError(f"batch_size {batch_size} is the total over all {world_size} processes and must be at "
                          f"least {world_size}; raise batch_size or start fewer processes")
     if batch_size % world_size:
         warnings.warn(f"batch_size {batch_size} is not divisible by {world_size} processes; each loads "
@@ -91,7 +92,7 @@ def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
     """Make the next pass over ``loader`` the one for ``epoch``: the sampler's epoch and the loader's
     generator (reseeded as ``seed + epoch``) are set, so the order depends only on (seed, epoch)."""
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-        raise ValueError(f"set_loader_epoch: epoch must be an integer >= 0, got {epoch!r}")
+        raise PrunelimitError(f"set_loader_epoch: epoch must be an integer >= 0, got {epoch!r}")
     if hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(epoch)
     seed = getattr(loader, "seed", 0)

@@ -8,6 +8,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from prunelimit.data.info import canonical_name
+from prunelimit.errors import PrunelimitError
 
 DEFAULT_DATA_PATH = "datasets"
 
@@ -26,12 +27,12 @@ class DataConfig:
         if isinstance(self.data_path, os.PathLike):
             self.data_path = os.fspath(self.data_path)
         if not isinstance(self.data_path, str) or not self.data_path.strip():
-            raise ValueError(f"data key 'data_path' must be a folder path, got {self.data_path!r}")
+            raise PrunelimitError(f"data key 'data_path' must be a folder path, got {self.data_path!r}")
         for key in ("download", "augment", "use_full_data"):
             if not isinstance(getattr(self, key), bool):
-                raise ValueError(f"data key {key!r} must be true or false, got {getattr(self, key)!r}")
+                raise PrunelimitError(f"data key {key!r} must be true or false, got {getattr(self, key)!r}")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
-            raise ValueError(f"data key 'workers' must be an integer >= 0 (0 loads in the main process), "
+            raise PrunelimitError(f"data key 'workers' must be an integer >= 0 (0 loads in the main process), "
                              f"got {self.workers!r}")
 
 
@@ -46,7 +47,7 @@ def create_dataset(name: str, root: str | os.PathLike | None = None, *, train: b
     naming the path and how to get the data.
     """
     if not isinstance(train, bool):
-        raise ValueError(f"create_dataset: train must be True or False, got {train!r}")
+        raise PrunelimitError(f"create_dataset: train must be True or False, got {train!r}")
     name = canonical_name(name)
     base = Path(DEFAULT_DATA_PATH if root is None else root).expanduser()
     if name == "digits":

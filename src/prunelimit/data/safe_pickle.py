@@ -14,8 +14,10 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from prunelimit.errors import PrunelimitError
 
-class UnsafePickleError(ValueError):
+
+class UnsafePickleError(PrunelimitError):
     """The pickle asked for a callable outside the allow-list."""
 
 

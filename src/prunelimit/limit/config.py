@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass
 
 from prunelimit.limit.rules import RULES
+from prunelimit.errors import PrunelimitError
 
 EPSILON_MODES = ("loss_std",)
 
@@ -23,22 +24,22 @@ class LimitConfig:
     def __post_init__(self):
         if isinstance(self.epsilon, str):
             if self.epsilon not in EPSILON_MODES:
-                raise ValueError(f"limit.epsilon: {self.epsilon!r} is not known; use 'loss_std' or a number > 0")
+                raise PrunelimitError(f"limit.epsilon: {self.epsilon!r} is not known; use 'loss_std' or a number > 0")
         elif isinstance(self.epsilon, bool) or not isinstance(self.epsilon, (int, float)) \
                 or not (math.isfinite(self.epsilon) and self.epsilon > 0):
-            raise ValueError(f"limit.epsilon must be 'loss_std' or a finite number > 0; got {self.epsilon!r}")
+            raise PrunelimitError(f"limit.epsilon must be 'loss_std' or a finite number > 0; got {self.epsilon!r}")
         if self.rule not in RULES:
-            raise ValueError(f"limit.rule: {self.rule!r} is not a limit rule; choose one of {', '.join(RULES)}")
+            raise PrunelimitError(f"limit.rule: {self.rule!r} is not a limit rule; choose one of {', '.join(RULES)}")
         if isinstance(self.delta, bool) or not isinstance(self.delta, (int, float)) \
                 or not (math.isfinite(self.delta) and self.delta >= 0):
-            raise ValueError(f"limit.delta (accuracy points) must be a number >= 0; got {self.delta!r}")
+            raise PrunelimitError(f"limit.delta (accuracy points) must be a number >= 0; got {self.delta!r}")
         for key in ("integer_R", "adaptive", "sweep_train"):
             if not isinstance(getattr(self, key), bool):
-                raise ValueError(f"limit.{key} must be true or false; got {getattr(self, key)!r}")
+                raise PrunelimitError(f"limit.{key} must be true or false; got {getattr(self, key)!r}")
         if isinstance(self.sweep_points, bool) or not isinstance(self.sweep_points, int) or self.sweep_points < 2:
-            raise ValueError(f"limit.sweep_points (the original's sparse_epoch) must be an integer >= 2; "
+            raise PrunelimitError(f"limit.sweep_points (the original's sparse_epoch) must be an integer >= 2; "
                              f"got {self.sweep_points!r}")
         if isinstance(self.coarse_points, bool) or not isinstance(self.coarse_points, int) \
                 or self.coarse_points < 2 or (self.adaptive and self.coarse_points > self.sweep_points):
-            raise ValueError(f"limit.coarse_points must be an integer in [2, sweep_points={self.sweep_points}]; "
+            raise PrunelimitError(f"limit.coarse_points must be an integer in [2, sweep_points={self.sweep_points}]; "
                              f"got {self.coarse_points!r}")

@@ -21,6 +21,7 @@ from torch import nn
 
 from prunelimit.pruning.prunable import prunable_parameters
 from prunelimit.runs.io import atomic_write_bytes
+from prunelimit.errors import PrunelimitError
 
 _FORMAT = "prunelimit.magnitude_ordering/1"
 
@@ -48,7 +49,7 @@ class MagnitudeOrdering:
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(sizes, 0)])
         self.num_weights = int(self.offsets[-1])
         if order.shape != (self.num_weights,) or cumsq.shape != (self.num_weights + 1,):
-            raise ValueError(f"magnitude ordering is inconsistent: {len(order)} positions and {len(cumsq)} "
+            raise PrunelimitError(f"magnitude ordering is inconsistent: {len(order)} positions and {len(cumsq)} "
                              f"cumulative sums for N={self.num_weights} weights; rebuild it with from_model")
         self.order = order.to(device="cpu", dtype=torch.int64)
         self.cumsq = cumsq.to(device="cpu", dtype=torch.float64)
@@ -58,7 +59,7 @@ class MagnitudeOrdering:
         """Sort the prunable weights of ``model`` once (on the model's device), keep the result on CPU."""
         params = prunable_parameters(_unwrap(model), include, exclude)
         if not params:
-            raise ValueError(f"model {type(model).__name__} has no prunable weights (no nn.Conv2d/nn.Linear); "
+            raise PrunelimitError(f"model {type(model).__name__} has no prunable weights (no nn.Conv2d/nn.Linear); "
                              f"pass include= patterns naming the modules to prune")
         # float32 |w| represents half/bfloat16/float32 weights exactly; float64 models keep float64 keys.
         key_dtype = torch.float64 if any(p.dtype == torch.float64 for _, p in params) else torch.float32
@@ -67,7 +68,7 @@ class MagnitudeOrdering:
             flat = torch.cat([p.detach().reshape(-1).to(key_dtype).abs() for _, p in params])
             if not torch.isfinite(flat).all():
                 bad = [n for n, p in params if not torch.isfinite(p.detach()).all()]
-                raise ValueError(f"prunable weights {bad} contain NaN or Inf; a magnitude ordering needs "
+                raise PrunelimitError(f"prunable weights {bad} contain NaN or Inf; a magnitude ordering needs "
                                  f"finite weights (check the checkpoint or the training run)")
             order = torch.sort(flat, stable=True).indices
             del flat
@@ -84,14 +85,14 @@ class MagnitudeOrdering:
         """Number of weights removed at prune fraction ``p``: floor(p*N + 0.5)."""
         p = float(p)
         if not 0.0 <= p <= 1.0:
-            raise ValueError(f"prune_fraction must be in [0, 1] (the fraction of weights removed); got {p}")
+            raise PrunelimitError(f"prune_fraction must be in [0, 1] (the fraction of weights removed); got {p}")
         return min(self.num_weights, int(math.floor(p * self.num_weights + 0.5)))
 
     def radius_of_count(self, k: int) -> float:
         """l2 norm of the k smallest-magnitude weights (what pruning k weights removes)."""
         k = int(k)
         if not 0 <= k <= self.num_weights:
-            raise ValueError(f"removed count k must be in [0, N={self.num_weights}]; got {k}")
+            raise PrunelimitError(f"removed count k must be in [0, N={self.num_weights}]; got {k}")
         return math.sqrt(float(self.cumsq[k]))
 
     def radius(self, p: float) -> float:
@@ -121,10 +122,10 @@ class MagnitudeOrdering:
         out = []
         for name, shape in zip(self.names, self.shapes):
             if name not in named:
-                raise ValueError(f"model has no parameter {name!r} that this magnitude ordering was built for; "
+                raise PrunelimitError(f"model has no parameter {name!r} that this magnitude ordering was built for; "
                                  f"build the ordering from this model with MagnitudeOrdering.from_model")
             if named[name].shape != shape:
-                raise ValueError(f"parameter {name!r} has shape {tuple(named[name].shape)} but the ordering was "
+                raise PrunelimitError(f"parameter {name!r} has shape {tuple(named[name].shape)} but the ordering was "
                                  f"built for {tuple(shape)}; rebuild it from this model")
             out.append(named[name])
         return out
@@ -138,7 +139,7 @@ class MagnitudeOrdering:
             total = sum(float(p.detach().double().square().sum()) for p in params)
         expect = float(self.cumsq[-1])
         if not math.isclose(total, expect, rel_tol=rtol, abs_tol=1e-12):
-            raise ValueError(f"the model's prunable weights (sum of squares {total:.6g}) are not the ones this "
+            raise PrunelimitError(f"the model's prunable weights (sum of squares {total:.6g}) are not the ones this "
                              f"ordering was built from ({expect:.6g}); pass the dense model, or rebuild the "
                              f"ordering with MagnitudeOrdering.from_model")
 
@@ -146,7 +147,7 @@ class MagnitudeOrdering:
         """Zero the weights at sorted positions [k_prev, k) in place (incremental pruning k_prev -> k)."""
         k_prev, k = int(k_prev), int(k)
         if not 0 <= k_prev <= k <= self.num_weights:
-            raise ValueError(f"prune_to needs 0 <= k_prev <= k <= N={self.num_weights}; got k_prev={k_prev}, "
+            raise PrunelimitError(f"prune_to needs 0 <= k_prev <= k <= N={self.num_weights}; got k_prev={k_prev}, "
                              f"k={k} (pruning only moves forward; restore the dense weights to go back)")
         if k == k_prev:
             return
@@ -178,17 +179,17 @@ class MagnitudeOrdering:
 
         path = Path(path)
         if not path.is_file():
-            raise ValueError(f"magnitude ordering file {str(path)!r} does not exist; write it with "
+            raise PrunelimitError(f"magnitude ordering file {str(path)!r} does not exist; write it with "
                              f"MagnitudeOrdering.save or check the path")
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
                 tensors = {key: f.get_tensor(key) for key in f.keys()}
         except Exception as e:  # safetensors raises its own error types for corrupt headers
-            raise ValueError(f"magnitude ordering file {str(path)!r} is not a readable safetensors file "
+            raise PrunelimitError(f"magnitude ordering file {str(path)!r} is not a readable safetensors file "
                              f"({type(e).__name__}: {e}); rewrite it with MagnitudeOrdering.save") from None
         if meta.get("format") != _FORMAT or not {"order", "cumsq"} <= tensors.keys():
-            raise ValueError(f"{str(path)!r} is not a magnitude ordering file (format {meta.get('format')!r}, "
+            raise PrunelimitError(f"{str(path)!r} is not a magnitude ordering file (format {meta.get('format')!r}, "
                              f"tensors {sorted(tensors)}); write it with MagnitudeOrdering.save")
         return cls(json.loads(meta["names"]), json.loads(meta["shapes"]), tensors["order"], tensors["cumsq"])
 

@@ -18,6 +18,7 @@ from prunelimit import dist
 from prunelimit.limit.ordering import MagnitudeOrdering
 from prunelimit.limit.width import Prediction
 from prunelimit.runs.io import atomic_write_bytes
+from prunelimit.errors import PrunelimitError
 
 _RULE_STYLE = {"above_baseline": ("tab:red", "-"), "acc_drop": ("tab:orange", "--"), "loss_increase": ("tab:purple", ":")}
 
@@ -102,7 +103,7 @@ def plot_sweep(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], predi
     """Accuracy (top) and loss (bottom) versus prune fraction for test and train, limits marked; when the
     limits sit near p = 1 (the usual case), a second column zooms in on them."""
     if not rows:
-        raise ValueError("plot_sweep needs sweep rows; run run_sweep first")
+        raise PrunelimitError("plot_sweep needs sweep rows; run run_sweep first")
     rows = sorted(rows, key=lambda r: float(r["prune_fraction"]))
     p = _column(rows, "prune_fraction")
     lo = _zoom_start(p, rows, prediction, actual)
@@ -129,7 +130,7 @@ def plot_width(path: str | os.PathLike, prediction: Prediction,
     ``source`` gives the real p(R): a ``MagnitudeOrdering`` (R on a fine grid) or sweep rows (their R
     column); without it the curve stored in ``prediction`` is used."""
     if not prediction.curve:
-        raise ValueError("prediction has no curve to plot; make it with predict_limit")
+        raise PrunelimitError("prediction has no curve to plot; make it with predict_limit")
     r_curve, g_curve = np.asarray(prediction.curve["R"]), np.asarray(prediction.curve["g"])
     if isinstance(source, MagnitudeOrdering):
         p_real = np.linspace(0, 1, 1001)

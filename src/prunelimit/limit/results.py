@@ -10,6 +10,7 @@ from prunelimit.limit.ordering import MagnitudeOrdering
 from prunelimit.limit.rules import RULES
 from prunelimit.limit.width import Prediction
 from prunelimit.runs.io import atomic_write_text, write_json
+from prunelimit.errors import PrunelimitError
 
 ORIGINAL_RULE = "above_baseline"   # the rule behind line 3 of the original's result.txt
 _REQUIRED = ("important_ev_rate", "eps", "predicted", "actual", "rule")
@@ -28,10 +29,10 @@ def build_result(prediction: Prediction, actual: Mapping[str, float | None], *, 
 
     ``actual`` is ``actual_limits(...)`` (rule -> prune fraction or None); ``rule`` names the headline rule."""
     if rule not in RULES:
-        raise ValueError(f"rule {rule!r} is not a limit rule; choose one of {', '.join(RULES)}")
+        raise PrunelimitError(f"rule {rule!r} is not a limit rule; choose one of {', '.join(RULES)}")
     unknown = sorted(set(actual) - set(RULES))
     if unknown:
-        raise ValueError(f"actual limits name unknown rules {unknown}; expected keys among {', '.join(RULES)}")
+        raise PrunelimitError(f"actual limits name unknown rules {unknown}; expected keys among {', '.join(RULES)}")
     predicted = _both(prediction.limit, None)
     predicted.update(R=prediction.R_at_limit, g=prediction.g_at_limit, reason=prediction.reason)
     result = {
@@ -66,7 +67,7 @@ def write_result_files(out_dir: str | os.PathLike, result: Mapping[str, Any]) ->
     """Write ``result.json`` and ``result.txt`` into ``out_dir`` atomically (rank 0 only; others get None)."""
     missing = [k for k in _REQUIRED if k not in result]
     if missing:
-        raise ValueError(f"result is missing keys {missing}; build it with prunelimit.limit.build_result")
+        raise PrunelimitError(f"result is missing keys {missing}; build it with prunelimit.limit.build_result")
     text = result_txt(result)
     if not dist.is_main():
         return None

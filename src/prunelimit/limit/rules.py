@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from typing import Any, Mapping, Sequence
+from prunelimit.errors import PrunelimitError
 
 RULES = ("above_baseline", "acc_drop", "loss_increase")
 
@@ -31,9 +32,9 @@ def _num(row: Mapping[str, Any], key: str) -> float | None:
 
 def _sorted_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     if not rows:
-        raise ValueError("sweep rows are empty; run the sweep (run_sweep) before reading limits off it")
+        raise PrunelimitError("sweep rows are empty; run the sweep (run_sweep) before reading limits off it")
     if any("prune_fraction" not in r for r in rows):
-        raise ValueError("every sweep row needs a 'prune_fraction' column; pass the rows run_sweep returns")
+        raise PrunelimitError("every sweep row needs a 'prune_fraction' column; pass the rows run_sweep returns")
     return sorted(rows, key=lambda r: float(r["prune_fraction"]))
 
 
@@ -46,19 +47,19 @@ def rule_predicate(rule: str, *, baseline: float | None, baseline_loss: float | 
                    epsilon: float | None):
     """``row -> bool`` for ``rule`` given the unpruned test accuracy / train loss (validated here)."""
     if rule not in RULES:
-        raise ValueError(f"unknown limit rule {rule!r}; choose one of {', '.join(RULES)}")
+        raise PrunelimitError(f"unknown limit rule {rule!r}; choose one of {', '.join(RULES)}")
     if rule in ("above_baseline", "acc_drop") and baseline is None:
-        raise ValueError(f"rule {rule!r} needs the unpruned test accuracy: include the p = 0 row or pass baseline=")
+        raise PrunelimitError(f"rule {rule!r} needs the unpruned test accuracy: include the p = 0 row or pass baseline=")
     if rule == "above_baseline":
         return lambda row: _num(row, "test_acc") is not None and _num(row, "test_acc") > baseline
     if rule == "acc_drop":
         if delta is None or not delta >= 0:
-            raise ValueError(f"rule 'acc_drop' needs delta >= 0 (allowed accuracy drop in points); got {delta}")
+            raise PrunelimitError(f"rule 'acc_drop' needs delta >= 0 (allowed accuracy drop in points); got {delta}")
         return lambda row: _num(row, "test_acc") is not None and baseline - _num(row, "test_acc") <= delta
     if epsilon is None or not epsilon > 0:
-        raise ValueError(f"rule 'loss_increase' needs epsilon > 0 (allowed train-loss increase); got {epsilon}")
+        raise PrunelimitError(f"rule 'loss_increase' needs epsilon > 0 (allowed train-loss increase); got {epsilon}")
     if baseline_loss is None:
-        raise ValueError("rule 'loss_increase' needs the unpruned train loss: sweep with evaluate_train and "
+        raise PrunelimitError("rule 'loss_increase' needs the unpruned train loss: sweep with evaluate_train and "
                          "include the p = 0 row, or pass baseline_loss=")
     return lambda row: _num(row, "train_loss") is not None and _num(row, "train_loss") <= baseline_loss + epsilon
 
@@ -78,7 +79,7 @@ def actual_limit(rows: Sequence[Mapping[str, Any]], rule: str, *, baseline: floa
     if baseline_loss is None and base is not None:
         baseline_loss = _num(base, "train_loss")
     if rule == "loss_increase" and all(_num(r, "train_loss") is None for r in rows):
-        raise ValueError("rule 'loss_increase' needs train losses; run the sweep with evaluate_train")
+        raise PrunelimitError("rule 'loss_increase' needs train losses; run the sweep with evaluate_train")
     ok = rule_predicate(rule, baseline=baseline, baseline_loss=baseline_loss, delta=delta, epsilon=epsilon)
     if rule == "above_baseline":
         hits = [float(r["prune_fraction"]) for r in rows if ok(r)]

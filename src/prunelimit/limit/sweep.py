@@ -21,6 +21,7 @@ from prunelimit import dist
 from prunelimit.limit.ordering import MagnitudeOrdering
 from prunelimit.limit.rules import RULES, rule_predicate
 from prunelimit.runs.io import read_csv, write_csv
+from prunelimit.errors import PrunelimitError
 
 SWEEP_COLUMNS = ("prune_fraction", "keep_fraction", "kept_weights", "pruned_weights", "R",
                  "test_loss", "test_acc", "train_loss", "train_acc")
@@ -31,7 +32,7 @@ Evaluate = Callable[[nn.Module], Mapping[str, Any]]
 def default_grid(points: int = 1000) -> list[float]:
     """The original's grid: i / points for i = 0 .. points-1 (``sparse_epoch`` = points)."""
     if isinstance(points, bool) or not isinstance(points, int) or points < 1:
-        raise ValueError(f"sweep points (config key sweep_points / sparse_epoch) must be an integer >= 1; "
+        raise PrunelimitError(f"sweep points (config key sweep_points / sparse_epoch) must be an integer >= 1; "
                          f"got {points!r}")
     return [i / points for i in range(points)]
 
@@ -39,14 +40,14 @@ def default_grid(points: int = 1000) -> list[float]:
 def check_grid(fractions: Sequence[float]) -> list[float]:
     grid = [float(p) for p in fractions]
     if not grid or grid[0] != 0.0:
-        raise ValueError(f"a sweep grid must start at 0 (the unpruned model); got "
+        raise PrunelimitError(f"a sweep grid must start at 0 (the unpruned model); got "
                          f"{grid[:3] if grid else 'an empty grid'} (check sweep_points / sparse_epoch or the "
                          f"fractions you passed)")
     bad = [(a, b) for a, b in zip(grid, grid[1:]) if not b > a]
     if bad:
-        raise ValueError(f"a sweep grid must be strictly ascending; got {bad[0][0]} followed by {bad[0][1]}")
+        raise PrunelimitError(f"a sweep grid must be strictly ascending; got {bad[0][0]} followed by {bad[0][1]}")
     if grid[-1] > 1.0 or any(math.isnan(p) for p in grid):
-        raise ValueError(f"sweep prune fractions must lie in [0, 1]; got a largest value of {grid[-1]}")
+        raise PrunelimitError(f"sweep prune fractions must lie in [0, 1]; got a largest value of {grid[-1]}")
     return grid
 
 
@@ -54,11 +55,11 @@ def _metrics(result: Mapping[str, Any], which: str) -> tuple[float, float]:
     """(loss, accuracy in percent) from an evaluate() result."""
     if not isinstance(result, Mapping) or "loss" not in result or not ({"top1", "acc"} & result.keys()):
         got = sorted(result) if isinstance(result, Mapping) else type(result).__name__
-        raise ValueError(f"evaluate_{which} must return a dict with 'loss' and 'top1' (accuracy in percent); "
+        raise PrunelimitError(f"evaluate_{which} must return a dict with 'loss' and 'top1' (accuracy in percent); "
                          f"got {got}")
     acc = float(result["top1"] if "top1" in result else result["acc"])
     if not 0.0 <= acc <= 100.0:
-        raise ValueError(f"evaluate_{which} returned accuracy {acc}; accuracies are percentages in [0, 100]")
+        raise PrunelimitError(f"evaluate_{which} returned accuracy {acc}; accuracies are percentages in [0, 100]")
     return float(result["loss"]), acc
 
 
@@ -80,7 +81,7 @@ def read_sweep_csv(csv_path) -> list[dict]:
     """The rows of a sweep table written by ``run_sweep``, typed (floats, int counts, None for blanks)."""
     raw = read_csv(csv_path)
     if raw and set(SWEEP_COLUMNS) - raw[0].keys():
-        raise ValueError(f"sweep table {str(csv_path)!r} lacks columns {sorted(set(SWEEP_COLUMNS) - raw[0].keys())};"
+        raise PrunelimitError(f"sweep table {str(csv_path)!r} lacks columns {sorted(set(SWEEP_COLUMNS) - raw[0].keys())};"
                          f" it was not written by run_sweep: delete it or resume=False")
     rows = []
     for r in raw:
@@ -97,7 +98,7 @@ def _read_done(csv_path, ordering: MagnitudeOrdering) -> dict[int, dict]:
     done = {}
     for row in read_sweep_csv(csv_path):
         if row["kept_weights"] + row["pruned_weights"] != ordering.num_weights:
-            raise ValueError(f"sweep table {str(csv_path)!r} was written for a model with "
+            raise PrunelimitError(f"sweep table {str(csv_path)!r} was written for a model with "
                              f"{row['kept_weights'] + row['pruned_weights']} prunable weights, this one has "
                              f"{ordering.num_weights}; delete the file or pass resume=False")
         done[row["pruned_weights"]] = row
@@ -134,7 +135,7 @@ def run_sweep(model: nn.Module, ordering: MagnitudeOrdering, fractions: Sequence
     """
     grid = check_grid(fractions)
     if resume and csv_path is None:
-        raise ValueError("resume=True needs csv_path, the sweep table to resume from")
+        raise PrunelimitError("resume=True needs csv_path, the sweep table to resume from")
     ordering.check_model(model)
     done = _read_done(csv_path, ordering) if resume else {}
     rows: list[dict] = []
@@ -182,14 +183,14 @@ def adaptive_limit_search(model: nn.Module, ordering: MagnitudeOrdering, evaluat
     the bracket's failing end is missed. Returns ``(limit, rows)``, rows sorted by prune fraction.
     """
     if rule not in RULES:
-        raise ValueError(f"unknown limit rule {rule!r}; choose one of {', '.join(RULES)}")
+        raise PrunelimitError(f"unknown limit rule {rule!r}; choose one of {', '.join(RULES)}")
     if not 0 < tol <= 0.5:
-        raise ValueError(f"tol (the grid step) must be in (0, 0.5]; got {tol}")
+        raise PrunelimitError(f"tol (the grid step) must be in (0, 0.5]; got {tol}")
     m = int(round(1 / tol))
     if isinstance(coarse_points, bool) or not isinstance(coarse_points, int) or not 2 <= coarse_points <= m:
-        raise ValueError(f"coarse_points must be an integer in [2, 1/tol = {m}]; got {coarse_points!r}")
+        raise PrunelimitError(f"coarse_points must be an integer in [2, 1/tol = {m}]; got {coarse_points!r}")
     if rule == "loss_increase" and evaluate_train is None:
-        raise ValueError("rule 'loss_increase' compares training losses: pass evaluate_train")
+        raise PrunelimitError("rule 'loss_increase' compares training losses: pass evaluate_train")
     ordering.check_model(model)
     backup = _DenseBackup(model, ordering)
     cache: dict[int, dict] = {}

@@ -24,6 +24,7 @@ from torch import nn
 
 from prunelimit import dist
 from prunelimit.limit.ordering import MagnitudeOrdering
+from prunelimit.errors import PrunelimitError
 
 
 def _vector(x: Any, name: str) -> np.ndarray:
@@ -31,7 +32,7 @@ def _vector(x: Any, name: str) -> np.ndarray:
         x = x.detach().cpu().double().numpy()
     arr = np.asarray(x, dtype=np.float64).reshape(-1)
     if arr.size == 0 or not np.isfinite(arr).all():
-        raise ValueError(f"{name} must be a non-empty sequence of finite numbers; got {arr.size} values"
+        raise PrunelimitError(f"{name} must be a non-empty sequence of finite numbers; got {arr.size} values"
                          f"{'' if arr.size == 0 else ' with NaN/Inf'}")
     return arr
 
@@ -40,15 +41,15 @@ def _spectrum(nodes, weights, eps, flat_fraction) -> tuple[np.ndarray, np.ndarra
     """Validated (|lambda| [J], normalised weights [J], eps, q)."""
     lam, w = np.abs(_vector(nodes, "nodes")), _vector(weights, "weights")
     if lam.shape != w.shape:
-        raise ValueError(f"nodes and weights must have the same length; got {lam.size} nodes, {w.size} weights")
+        raise PrunelimitError(f"nodes and weights must have the same length; got {lam.size} nodes, {w.size} weights")
     if (w < 0).any() or w.sum() <= 0:
-        raise ValueError("SLQ weights must be >= 0 with a positive sum (squared first Lanczos components)")
+        raise PrunelimitError("SLQ weights must be >= 0 with a positive sum (squared first Lanczos components)")
     eps = float(eps)
     if not (math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps (the loss tolerance epsilon) must be a finite number > 0; got {eps}")
+        raise PrunelimitError(f"eps (the loss tolerance epsilon) must be a finite number > 0; got {eps}")
     q = float(flat_fraction)
     if not 0.0 <= q <= 1.0:
-        raise ValueError(f"flat_fraction q (the important-eigenvalue rate) must be in [0, 1]; got {q}")
+        raise PrunelimitError(f"flat_fraction q (the important-eigenvalue rate) must be in [0, 1]; got {q}")
     # normalising makes g(0) = 1 exactly, as the original's division by the density sum does.
     return lam, w / w.sum(), eps, q
 
@@ -64,7 +65,7 @@ def normalized_gaussian_width(nodes, weights, eps: float, R, flat_fraction: floa
     lam, w, eps, q = _spectrum(nodes, weights, eps, flat_fraction)
     radius = R.detach().cpu().double().numpy() if isinstance(R, torch.Tensor) else np.asarray(R, np.float64)
     if radius.ndim > 1 or not np.isfinite(radius).all() or (radius < 0).any():
-        raise ValueError("R must be a finite distance >= 0 or a 1-D sequence of them")
+        raise PrunelimitError("R must be a finite distance >= 0 or a 1-D sequence of them")
     g = _g(lam, w, eps, q, radius.reshape(-1))
     if radius.ndim == 0:
         return float(g[0])
@@ -87,7 +88,7 @@ def loss_epsilon(model: nn.Module, batches: Iterable, loss_fn: Callable, *, devi
     The returned per-batch losses are those global minibatch means.
     """
     if ddof not in (0, 1):
-        raise ValueError(f"ddof must be 0 (population std, the original's np.std) or 1 (sample std); got {ddof}")
+        raise PrunelimitError(f"ddof must be 0 (population std, the original's np.std) or 1 (sample std); got {ddof}")
     if device is None:
         first = next(model.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
@@ -99,7 +100,7 @@ def loss_epsilon(model: nn.Module, batches: Iterable, loss_fn: Callable, *, devi
         with torch.no_grad():
             for batch in batches:
                 if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-                    raise ValueError("loss_epsilon expects batches of (inputs, targets); got "
+                    raise PrunelimitError("loss_epsilon expects batches of (inputs, targets); got "
                                      f"{type(batch).__name__}")
                 x, y = batch[0].to(device), batch[1].to(device)
                 sums.append(float(loss_fn(model(x), y)) * len(y))
@@ -117,11 +118,11 @@ def loss_epsilon(model: nn.Module, batches: Iterable, loss_fn: Callable, *, devi
         sums, counts = table[0].tolist(), table[1].tolist()
     losses = [s_ / c for s_, c in zip(sums, counts) if c > 0]
     if len(losses) < 2:
-        raise ValueError(f"loss_epsilon needs at least 2 minibatches to take a standard deviation; got {len(losses)}. "
+        raise PrunelimitError(f"loss_epsilon needs at least 2 minibatches to take a standard deviation; got {len(losses)}. "
                          f"Use a smaller batch size or give epsilon as a number")
     eps = float(np.std(np.asarray(losses, dtype=np.float64), ddof=ddof))
     if not eps > 0:
-        raise ValueError("every minibatch has the same training loss, so epsilon = std = 0; give epsilon as a "
+        raise PrunelimitError("every minibatch has the same training loss, so epsilon = std = 0; give epsilon as a "
                          "number (config key epsilon)")
     return eps, losses
 
@@ -149,13 +150,13 @@ def _radius_source(radius_fn) -> tuple[Callable[[float], float], MagnitudeOrderi
     if isinstance(owner, MagnitudeOrdering) and getattr(radius_fn, "__name__", "") == "radius":
         return owner.radius, owner
     if not callable(radius_fn):
-        raise ValueError(f"radius_fn must be a callable p -> R(p) or a MagnitudeOrdering; got "
+        raise PrunelimitError(f"radius_fn must be a callable p -> R(p) or a MagnitudeOrdering; got "
                          f"{type(radius_fn).__name__}")
 
     def radius(p: float) -> float:
         r = float(radius_fn(p))
         if not (math.isfinite(r) and r >= 0):
-            raise ValueError(f"radius_fn({p}) returned {r}; R(p) must be a finite distance >= 0")
+            raise PrunelimitError(f"radius_fn({p}) returned {r}; R(p) must be a finite distance >= 0")
         return r
 
     return radius, None
@@ -178,10 +179,10 @@ def predict_limit(nodes, weights, eps: float, radius_fn, *, flat_fraction: float
     lam, w, eps, q = _spectrum(nodes, weights, eps, flat_fraction)
     radius, ordering = _radius_source(radius_fn)
     if not 0 < tol < 0.5:
-        raise ValueError(f"tol must be in (0, 0.5); got {tol}")
+        raise PrunelimitError(f"tol must be in (0, 0.5); got {tol}")
     for name, val in (("grid_points", grid_points), ("curve_points", curve_points)):
         if isinstance(val, bool) or not isinstance(val, int) or val < 2:
-            raise ValueError(f"{name} must be an integer >= 2; got {val!r}")
+            raise PrunelimitError(f"{name} must be an integer >= 2; got {val!r}")
 
     def g_of(r: float) -> float:
         return float(_g(lam, w, eps, q, np.array([round(r) if integer_R else r]))[0])

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from .common import in_channels, positive_int
 from .registry import register_model
+from prunelimit.errors import PrunelimitError
 
 VARIANTS = ("paper", "torchvision")
 # Smallest input side the feature stack takes: conv1 (11/4) and three 3/2 max-pools must leave >= 1 pixel.
@@ -65,13 +66,13 @@ def alexnet(num_classes: int, input_shape: tuple[int, int, int] | None = None, u
             variant: str = "paper") -> AlexNet:
     """AlexNet for 224x224 (limit paper); upsamples 32x32 inputs x7 inside forward (options upsample, variant)."""
     if variant not in VARIANTS:
-        raise ValueError(f"option 'variant' of model 'alexnet' must be one of {', '.join(VARIANTS)}; got {variant!r}")
+        raise PrunelimitError(f"option 'variant' of model 'alexnet' must be one of {', '.join(VARIANTS)}; got {variant!r}")
     if upsample is None:
         upsample = 7 if input_shape is not None and input_shape[1:] == (32, 32) else 1
     positive_int(upsample, "upsample", "alexnet")
     if input_shape is not None and min(input_shape[1:]) * upsample < MIN_SIDE[variant]:
         side = min(input_shape[1:])
-        raise ValueError(f"model 'alexnet' needs inputs of at least {MIN_SIDE[variant]} pixels a side after "
+        raise PrunelimitError(f"model 'alexnet' needs inputs of at least {MIN_SIDE[variant]} pixels a side after "
                          f"upsampling, got {side} x upsample={upsample}; pass upsample={math.ceil(224 / side)} "
                          f"to feed it {side}->{side * math.ceil(224 / side)} as designed")
     return AlexNet(num_classes, in_channels(input_shape), upsample, variant)

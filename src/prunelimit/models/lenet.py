@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .registry import register_model
+from prunelimit.errors import PrunelimitError
 
 
 class LeNet5Caffe(nn.Module):
@@ -20,7 +21,7 @@ class LeNet5Caffe(nn.Module):
         # Each 5x5 valid conv removes 4 pixels, each pool halves (floor): 28 -> 24 -> 12 -> 8 -> 4.
         h, w = ((height - 4) // 2 - 4) // 2, ((width - 4) // 2 - 4) // 2
         if h < 1 or w < 1:
-            raise ValueError(f"model 'lenet5caffe' needs inputs of at least 16x16 pixels, got {height}x{width}; "
+            raise PrunelimitError(f"model 'lenet5caffe' needs inputs of at least 16x16 pixels, got {height}x{width}; "
                              f"it is designed for 28x28 MNIST")
         self.fc3 = nn.Linear(50 * h * w, 500)
         self.fc4 = nn.Linear(500, num_classes)

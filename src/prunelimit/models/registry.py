@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from prunelimit.errors import PrunelimitError
 
 # Parameters every factory may take; everything else in its signature is a model option.
 _RESERVED = ("num_classes", "input_shape")
@@ -60,18 +61,18 @@ def register_model(name: str, *, aliases: tuple[str, ...] | list[str] = (), need
     def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         params = inspect.signature(factory).parameters
         if "num_classes" not in params:
-            raise ValueError(f"model factory {factory.__qualname__!r} for {name!r} must take a "
+            raise PrunelimitError(f"model factory {factory.__qualname__!r} for {name!r} must take a "
                              f"'num_classes' argument")
         takes_shape = "input_shape" in params
         if needs_input_shape and not takes_shape:
-            raise ValueError(f"model {name!r} is registered with needs_input_shape=True, so its factory "
+            raise PrunelimitError(f"model {name!r} is registered with needs_input_shape=True, so its factory "
                              f"{factory.__qualname__!r} must take an 'input_shape' argument")
         if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            raise ValueError(f"model factory {factory.__qualname__!r} for {name!r} must list its options "
+            raise PrunelimitError(f"model factory {factory.__qualname__!r} for {name!r} must list its options "
                              f"explicitly (no **kwargs) so misspelled options can be reported")
         for spelling in (name, *aliases):
             if spelling in _MODELS or spelling in _ALIASES:
-                raise ValueError(f"model name {spelling!r} is already registered "
+                raise PrunelimitError(f"model name {spelling!r} is already registered "
                                  f"(as {_ALIASES.get(spelling, spelling)!r}); choose another name or alias")
         options = {k: p.default for k, p in params.items()
                    if k not in _RESERVED and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
@@ -120,20 +121,20 @@ def create_model(name: str, num_classes: int | None = None, input_shape: tuple[i
     info = entry.info
     num_classes = info.default_num_classes if num_classes is None else num_classes
     if not _is_positive_int(num_classes):
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r} for model {label!r}")
+        raise PrunelimitError(f"num_classes must be a positive integer, got {num_classes!r} for model {label!r}")
     num_classes = int(num_classes)
     shape = _check_input_shape(input_shape, label)
     if shape is None and info.needs_input_shape:
-        raise ValueError(f"model {label!r} needs input_shape=(C, H, W), the shape of one example, to size its "
+        raise PrunelimitError(f"model {label!r} needs input_shape=(C, H, W), the shape of one example, to size its "
                          f"first layer: e.g. (1, 28, 28) for MNIST, (3, 32, 32) for CIFAR, (1, 8, 8) for digits")
     for key in kwargs:
         if key in fixed:
-            raise ValueError(f"option {key!r} of model {label!r} is fixed by the name to {fixed[key]!r}; "
+            raise PrunelimitError(f"option {key!r} of model {label!r} is fixed by the name to {fixed[key]!r}; "
                              f"use {info.name!r} to choose it freely")
         if key not in info.options:
             accepted = ", ".join(sorted(info.options)) or "none"
             hint = _close(key, list(info.options))
-            raise ValueError(f"unknown option {key!r} for model {label!r}{hint}; accepted options: {accepted}")
+            raise PrunelimitError(f"unknown option {key!r} for model {label!r}{hint}; accepted options: {accepted}")
     call = dict(fixed, **kwargs)
     if entry.takes_input_shape:
         call["input_shape"] = shape
@@ -146,7 +147,7 @@ def create_model(name: str, num_classes: int | None = None, input_shape: tuple[i
 def _resolve(name: str) -> tuple[_Entry, dict[str, Any], str]:
     """(entry, options fixed by the name, the name as the user spelled it); exact spelling only."""
     if not isinstance(name, str):
-        raise ValueError(f"model name must be a string, got {name!r}; valid names: {', '.join(list_models())}")
+        raise PrunelimitError(f"model name must be a string, got {name!r}; valid names: {', '.join(list_models())}")
     canonical = _ALIASES.get(name, name)
     if canonical in _MODELS:
         return _MODELS[canonical], {}, name
@@ -154,7 +155,7 @@ def _resolve(name: str) -> tuple[_Entry, dict[str, Any], str]:
         m = pat.regex.fullmatch(name)
         if m:
             return _MODELS[pat.target], pat.to_options(m), name
-    raise ValueError(f"unknown model {name!r}{_suggest(name)} Valid names: {', '.join(list_models())}"
+    raise PrunelimitError(f"unknown model {name!r}{_suggest(name)} Valid names: {', '.join(list_models())}"
                      f"{_pattern_note()}")
 
 
@@ -187,7 +188,7 @@ def _check_input_shape(input_shape: Any, label: str) -> tuple[int, int, int] | N
         return None
     ok = isinstance(input_shape, (tuple, list)) and len(input_shape) == 3 and all(map(_is_positive_int, input_shape))
     if not ok:
-        raise ValueError(f"input_shape must be three positive integers (C, H, W), e.g. (3, 32, 32); "
+        raise PrunelimitError(f"input_shape must be three positive integers (C, H, W), e.g. (3, 32, 32); "
                          f"got {input_shape!r} for model {label!r}")
     return tuple(int(v) for v in input_shape)
 
@@ -209,10 +210,10 @@ def _probe_input_shape(model: nn.Module, num_classes: int, shape: tuple[int, int
         with torch.no_grad():
             out = model(x)
     except RuntimeError as err:
-        raise ValueError(f"model {label!r} cannot take inputs of shape input_shape={shape}: "
+        raise PrunelimitError(f"model {label!r} cannot take inputs of shape input_shape={shape}: "
                          f"{str(err).strip().splitlines()[0]}") from None
     finally:
         model.train(was_training)
     if tuple(out.shape) != (1, num_classes):
-        raise ValueError(f"model {label!r} maps input_shape={shape} to outputs of shape {tuple(out.shape[1:])} "
+        raise PrunelimitError(f"model {label!r} maps input_shape={shape} to outputs of shape {tuple(out.shape[1:])} "
                          f"per example instead of ({num_classes},); use the input size it was designed for")

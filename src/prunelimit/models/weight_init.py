@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from torch import nn
+from prunelimit.errors import PrunelimitError
 
 _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
@@ -18,7 +19,7 @@ def init_weights(model: nn.Module, scheme: str) -> nn.Module:
     - ``"default"``: leave the initialisation the model was built with.
     """
     if scheme not in INIT_SCHEMES:
-        raise ValueError(f"unknown init scheme {scheme!r}; valid schemes: {', '.join(INIT_SCHEMES)}")
+        raise PrunelimitError(f"unknown init scheme {scheme!r}; valid schemes: {', '.join(INIT_SCHEMES)}")
     if scheme == "default":
         return model
     fill = nn.init.kaiming_normal_ if scheme == "kaiming_normal" else nn.init.kaiming_uniform_

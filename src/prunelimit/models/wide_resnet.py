@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from .common import in_channels, positive_int, probability
 from .registry import register_model, register_name_pattern
+from prunelimit.errors import PrunelimitError
 
 
 class WideBasicBlock(nn.Module):
@@ -55,7 +56,7 @@ class WideResNet(nn.Module):
                  channels: int = 3):
         super().__init__()
         if depth < 10 or (depth - 4) % 6:
-            raise ValueError(f"WideResNet depth (option 'depth', or D in 'wrn-D-K') must be 6n+4 with n >= 1 "
+            raise PrunelimitError(f"WideResNet depth (option 'depth', or D in 'wrn-D-K') must be 6n+4 with n >= 1 "
                              f"(10, 16, 22, 28, 40, ...); got depth={depth}")
         n = (depth - 4) // 6
         widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)

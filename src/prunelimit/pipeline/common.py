@@ -18,6 +18,7 @@ from prunelimit import dist
 from prunelimit.config.build import to_dict
 from prunelimit.config.schema import RunConfig
 from prunelimit.runs.rundir import RunDir
+from prunelimit.errors import PrunelimitError
 
 
 def say(msg: str = "") -> None:
@@ -109,7 +110,7 @@ def build_model(cfg: RunConfig, *, with_data: bool = True) -> nn.Module:
         model = create_model(cfg.model.name, num_classes=num_classes, input_shape=input_shape, **cfg.model.kwargs)
     except ValueError as e:
         if input_shape is None and "input_shape" in str(e):
-            raise ValueError(f"{e}. Give a dataset (--dataset / data.dataset) or the shape itself "
+            raise PrunelimitError(f"{e}. Give a dataset (--dataset / data.dataset) or the shape itself "
                              f"(--input-shape C,H,W / model.input_shape)") from None
         raise
     if cfg.model.init != "default":

@@ -5,6 +5,7 @@ from torch import nn
 
 from prunelimit.pipeline.common import Context, Data, build_model, fingerprint, eval_loader, load_weights, say, train_loader
 from prunelimit.runs.io import atomic_torch_save
+from prunelimit.errors import PrunelimitError
 
 DENSE_FILE = "model_final.pth.tar"
 
@@ -43,7 +44,7 @@ def dense_model(ctx: Context, data: Data | None, *, train_if_needed: bool = True
         say(f"dense model: {cfg.model.name} with random initial weights (no --checkpoint given)")
         return model.to(ctx.device), {"source": "random_init", "weights": None}
     if not cfg.stages.train:
-        raise ValueError("stages.train is false (original mode: eval) but no dense weights were given: "
+        raise PrunelimitError("stages.train is false (original mode: eval) but no dense weights were given: "
                          "set model.checkpoint (original key file_path) to the trained model")
 
     from prunelimit.train import train

@@ -15,6 +15,7 @@ from torch import nn
 from prunelimit import dist
 from prunelimit.pipeline.common import Context, Data, eval_loader, evaluator, fingerprint, say
 from prunelimit.runs.io import read_json, write_csv, write_json
+from prunelimit.errors import PrunelimitError
 
 
 def _ordering(ctx: Context, model: nn.Module):
@@ -162,7 +163,7 @@ def limit_stage(ctx: Context, model: nn.Module, data: Data, ordering, rows: list
     else:
         eps, eps_source = float(lc.epsilon), "given (limit.epsilon)"
     if not (math.isfinite(eps) and eps > 0):
-        raise ValueError(f"epsilon came out as {eps}: the per-batch training losses do not vary (one batch?). "
+        raise PrunelimitError(f"epsilon came out as {eps}: the per-batch training losses do not vary (one batch?). "
                          f"Set limit.epsilon to a positive number, or use more than one batch")
     nodes = torch.tensor(spectrum["nodes"], dtype=torch.float64)
     weights = torch.tensor(spectrum["weights"], dtype=torch.float64)
@@ -195,6 +196,6 @@ def run_limit(ctx: Context, model: nn.Module, data: Data) -> dict | None:
     if not st.limit:
         return None
     if rows is None:
-        raise ValueError("stages.limit needs the sweep (stages.sweep / original key sparse: true) for the actual "
+        raise PrunelimitError("stages.limit needs the sweep (stages.sweep / original key sparse: true) for the actual "
                          "limit and R(p)")
     return limit_stage(ctx, model, data, ordering, rows, spectrum, q, loss_fn, loader)

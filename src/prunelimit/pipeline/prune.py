@@ -12,6 +12,7 @@ from prunelimit.pipeline.common import (Context, build_model, eval_loader, evalu
 from prunelimit.pipeline.dense import dense_model
 from prunelimit.pipeline.gp import MASK_FILE, METHOD_TITLES, PRUNED_FILE, finetune_method, run_gp
 from prunelimit.runs.report import print_summary, write_summary
+from prunelimit.errors import PrunelimitError
 
 
 def prune_command(cfg: RunConfig, argv: list[str], *, allow_pickle: bool = False) -> dict:
@@ -35,19 +36,19 @@ def prune_command(cfg: RunConfig, argv: list[str], *, allow_pickle: bool = False
 def _locate(run_dir: Path, method: str | None) -> tuple[Path, Path, str]:
     """(run directory, method directory, method) from a run dir or a method folder."""
     if not run_dir.exists():
-        raise ValueError(f"run directory {str(run_dir)!r} does not exist; give the --out directory of `prunelimit prune`")
+        raise PrunelimitError(f"run directory {str(run_dir)!r} does not exist; give the --out directory of `prunelimit prune`")
     if (run_dir / MASK_FILE).exists() and (run_dir.parent / "config.yaml").exists():
         return run_dir.parent, run_dir, run_dir.name
     candidates = [m for m in ("gp", "gp_mt") if (run_dir / m / MASK_FILE).exists()]
     if method is not None:
         if method not in candidates:
-            raise ValueError(f"{str(run_dir)!r} has no pruned model for --method {method}; found: {candidates or 'none'}")
+            raise PrunelimitError(f"{str(run_dir)!r} has no pruned model for --method {method}; found: {candidates or 'none'}")
         return run_dir, run_dir / method, method
     if not candidates:
-        raise ValueError(f"{str(run_dir)!r} holds no pruned model ({{gp,gp_mt}}/{MASK_FILE}); "
+        raise PrunelimitError(f"{str(run_dir)!r} holds no pruned model ({{gp,gp_mt}}/{MASK_FILE}); "
                          f"run `prunelimit prune ... --out {run_dir}` first")
     if len(candidates) > 1:
-        raise ValueError(f"{str(run_dir)!r} holds several pruned models {candidates}; choose one with --method")
+        raise PrunelimitError(f"{str(run_dir)!r} holds several pruned models {candidates}; choose one with --method")
     return run_dir, run_dir / candidates[0], candidates[0]
 
 

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from .magnitude import RULES, global_magnitude_masks
 from .min_threshold import MT_MODES, check_min_threshold, min_threshold_masks
 from .select import check_sparsity
+from prunelimit.errors import PrunelimitError
 
 
 @dataclass
@@ -26,13 +27,13 @@ class PruneConfig:
             try:
                 self.min_threshold = check_min_threshold(self.min_threshold)
             except ValueError as e:
-                raise ValueError(f"prune.min_threshold: {e}") from None
+                raise PrunelimitError(f"prune.min_threshold: {e}") from None
         if self.mt_mode not in MT_MODES:
-            raise ValueError(f"prune.mt_mode={self.mt_mode!r} is not known; use one of {', '.join(MT_MODES)}")
+            raise PrunelimitError(f"prune.mt_mode={self.mt_mode!r} is not known; use one of {', '.join(MT_MODES)}")
         if self.rule not in RULES:
-            raise ValueError(f"prune.rule={self.rule!r} is not known; use one of {', '.join(RULES)}")
+            raise PrunelimitError(f"prune.rule={self.rule!r} is not known; use one of {', '.join(RULES)}")
         if self.rule == "original" and self.uses_min_threshold:
-            raise ValueError("prune.rule='original' reproduces the published plain GP only; with prune.min_threshold "
+            raise PrunelimitError("prune.rule='original' reproduces the published plain GP only; with prune.min_threshold "
                              "set use rule='exact' (or set min_threshold to 0/null)")
         for key in ("include", "exclude"):
             value = getattr(self, key)
@@ -40,7 +41,7 @@ class PruneConfig:
                 value = [value]
             if value is not None and (not isinstance(value, (list, tuple)) or
                                       not all(isinstance(v, str) and v for v in value)):
-                raise ValueError(f"prune.{key} must be a list of name patterns such as ['layer1.*', 'fc'], "
+                raise PrunelimitError(f"prune.{key} must be a list of name patterns such as ['layer1.*', 'fc'], "
                                  f"got {value!r}")
             setattr(self, key, list(value) if value is not None else None)
 

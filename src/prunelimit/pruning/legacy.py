@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .prunable import prunable_parameters
+from prunelimit.errors import PrunelimitError
 
 _NPY_MAGIC = b"\x93NUMPY"
 
@@ -62,26 +63,26 @@ def load_legacy_mask_npy(path: str | os.PathLike, model: nn.Module, *, allow_pic
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"legacy mask file {str(path)!r} does not exist or is not a file; check the path")
+        raise PrunelimitError(f"legacy mask file {str(path)!r} does not exist or is not a file; check the path")
     if not allow_pickle:
-        raise ValueError(f"legacy mask file {str(path)!r} is a pickle (np.save of torch tensors); unpickling can run "
+        raise PrunelimitError(f"legacy mask file {str(path)!r} is a pickle (np.save of torch tensors); unpickling can run "
                          f"arbitrary code. If you trust the file, opt in with --allow-pickle (allow_pickle=True); "
                          f"masks written by prunelimit are safetensors files and need no such flag.")
     try:
         items = _read_items(path)
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, RuntimeError, OSError) as e:
-        raise ValueError(f"legacy mask file {str(path)!r} cannot be read as an np.save'd list of mask tensors "
+        raise PrunelimitError(f"legacy mask file {str(path)!r} cannot be read as an np.save'd list of mask tensors "
                          f"({type(e).__name__}: {e})") from None
     params = prunable_parameters(model, include, exclude)
     if len(items) != len(params):
-        raise ValueError(f"legacy mask file {str(path)!r} holds {len(items)} masks but {type(model).__name__} has "
+        raise PrunelimitError(f"legacy mask file {str(path)!r} holds {len(items)} masks but {type(model).__name__} has "
                          f"{len(params)} prunable parameters; it was made for another model or other "
                          f"include/exclude settings")
     masks = {}
     for i, (item, (name, p)) in enumerate(zip(items, params)):
         t = item if isinstance(item, Tensor) else torch.as_tensor(np.asarray(item))
         if tuple(t.shape) != tuple(p.shape):
-            raise ValueError(f"legacy mask file {str(path)!r}: mask #{i} has shape {tuple(t.shape)} but parameter "
+            raise PrunelimitError(f"legacy mask file {str(path)!r}: mask #{i} has shape {tuple(t.shape)} but parameter "
                              f"{name!r} has {tuple(p.shape)}; the file was made for another model")
         masks[name] = (t.detach() != 0).to(p.device)
     return masks

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from .prunable import prunable_parameters
 from .select import Cut, Pool, Workspace, check_sparsity, key_space, kth_key, prune_count, resolve_cuts, smallest_cuts
+from prunelimit.errors import PrunelimitError
 
 RULES = ("exact", "original")
 
@@ -21,7 +22,7 @@ def prunable_layers(model: nn.Module, include=None, exclude=None) -> tuple[list[
     """Names and weights of the prunable parameters, in module order; ValueError when there are none."""
     params = prunable_parameters(model, include, exclude)
     if not params:
-        raise ValueError(f"model {type(model).__name__} has no prunable parameters (no nn.Conv2d/nn.Linear "
+        raise PrunelimitError(f"model {type(model).__name__} has no prunable parameters (no nn.Conv2d/nn.Linear "
                          f"weights); select some with include=[...] patterns")
     return [n for n, _ in params], [p for _, p in params]
 
@@ -53,7 +54,7 @@ def global_magnitude_masks(model: nn.Module, sparsity: float, *, include=None, e
     """
     p = check_sparsity(sparsity)
     if rule not in RULES:
-        raise ValueError(f"rule={rule!r} is not known; use one of {', '.join(RULES)}")
+        raise PrunelimitError(f"rule={rule!r} is not known; use one of {', '.join(RULES)}")
     names, weights = prunable_layers(model, include, exclude)
     k = prune_count(p, sum(w.numel() for w in weights))
     with torch.no_grad():

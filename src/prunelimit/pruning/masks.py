@@ -20,6 +20,7 @@ from ..dist import is_main
 from ..messages import few as _few
 from ..runs.io import atomic_write_bytes
 from .prunable import prunable_parameters
+from prunelimit.errors import PrunelimitError
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def check_masks_fit(model: nn.Module, masks: Mapping[str, Tensor], source: str =
             parts.append(f"{len(shapes)} shape mismatch(es): {_few(shapes)}")
         if dtypes:
             parts.append(f"{len(dtypes)} mask(s) that are not bool: {_few(dtypes)}")
-        raise ValueError(f"mask file {source} was made for another model than {type(_unwrap(model)).__name__}: "
+        raise PrunelimitError(f"mask file {source} was made for another model than {type(_unwrap(model)).__name__}: "
                          + "; ".join(parts) + ". Use the masks saved with this model (same --model and "
                          "include/exclude).")
 
@@ -77,11 +78,11 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> nn.Module:
     params = dict(_unwrap(model).named_parameters())
     for name, mask in masks.items():
         if name not in params:
-            raise ValueError(f"mask key {name!r} is not a parameter of {type(_unwrap(model)).__name__}; "
+            raise PrunelimitError(f"mask key {name!r} is not a parameter of {type(_unwrap(model)).__name__}; "
                              f"parameters include {_few(list(params))}")
         p = params[name]
         if tuple(mask.shape) != tuple(p.shape) or mask.dtype != torch.bool:
-            raise ValueError(f"mask {name!r} is {mask.dtype} {tuple(mask.shape)} but must be torch.bool of the "
+            raise PrunelimitError(f"mask {name!r} is {mask.dtype} {tuple(mask.shape)} but must be torch.bool of the "
                              f"parameter's shape {tuple(p.shape)}")
     with torch.no_grad():
         for name, mask in masks.items():
@@ -127,11 +128,11 @@ def save_masks(path: str | os.PathLike, masks: Mapping[str, Tensor], *,
         bad = [f"{k!r}: {type(v).__name__}" for k, v in metadata.items()
                if not isinstance(k, str) or not isinstance(v, str)]
         if bad:
-            raise ValueError(f"mask file metadata must map str to str; convert these entries: {_few(bad)}")
+            raise PrunelimitError(f"mask file metadata must map str to str; convert these entries: {_few(bad)}")
     tensors = {}
     for name, mask in masks.items():
         if mask.dtype != torch.bool:
-            raise ValueError(f"mask {name!r} has dtype {mask.dtype}; masks are torch.bool (True = kept)")
+            raise PrunelimitError(f"mask {name!r} has dtype {mask.dtype}; masks are torch.bool (True = kept)")
         tensors[name] = mask.detach().to("cpu").contiguous()
     if not is_main():
         return None
@@ -142,16 +143,16 @@ def load_masks(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
     """Read a mask file written by :func:`save_masks` (no pickle involved)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"mask file {str(path)!r} does not exist or is not a file; check the path")
+        raise PrunelimitError(f"mask file {str(path)!r} does not exist or is not a file; check the path")
     try:
         masks = load_file(path, device=str(device))
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"mask file {str(path)!r} is not a readable safetensors mask file ({e}); it is "
+        raise PrunelimitError(f"mask file {str(path)!r} is not a readable safetensors mask file ({e}); it is "
                          f"corrupt or was written by something else. An original weight_mask.npy is read "
                          f"with load_legacy_mask_npy (--allow-pickle).") from None
     bad = [f"{k}: {v.dtype}" for k, v in masks.items() if v.dtype != torch.bool]
     if bad:
-        raise ValueError(f"mask file {str(path)!r} holds non-bool tensors ({_few(bad)}); it is not a mask file")
+        raise PrunelimitError(f"mask file {str(path)!r} holds non-bool tensors ({_few(bad)}); it is not a mask file")
     return masks
 
 
@@ -159,10 +160,10 @@ def mask_file_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The ``metadata`` a mask file was saved with (empty dict when none)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"mask file {str(path)!r} does not exist or is not a file; check the path")
+        raise PrunelimitError(f"mask file {str(path)!r} does not exist or is not a file; check the path")
     try:
         with safe_open(str(path), "pt") as f:
             return dict(f.metadata() or {})
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"mask file {str(path)!r} is not a readable safetensors file ({e})") from None
+        raise PrunelimitError(f"mask file {str(path)!r} is not a readable safetensors file ({e})") from None
 

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from .magnitude import global_magnitude_cuts, prunable_layers
 from .select import (NO_CUT, Cut, Pool, Workspace, check_sparsity, key_space, layer_cut, mask_from_cut, prune_count,
                      smallest_cuts)
+from prunelimit.errors import PrunelimitError
 
 logger = logging.getLogger("prunelimit")
 
@@ -78,11 +79,11 @@ class MTPlan:
 
 def check_min_threshold(min_threshold) -> float:
     if isinstance(min_threshold, bool) or not isinstance(min_threshold, numbers.Real):
-        raise ValueError(f"min_threshold must be a number >= 0 (percent of all prunable weights, 0.05 = 0.05 %), "
+        raise PrunelimitError(f"min_threshold must be a number >= 0 (percent of all prunable weights, 0.05 = 0.05 %), "
                          f"got {min_threshold!r}")
     value = float(min_threshold)
     if not math.isfinite(value) or value < 0 or value > 100:
-        raise ValueError(f"min_threshold={min_threshold!r} must be a percentage in [0, 100] "
+        raise PrunelimitError(f"min_threshold={min_threshold!r} must be a percentage in [0, 100] "
                          f"(percent of all prunable weights, 0.05 = 0.05 %)")
     return value
 
@@ -145,7 +146,7 @@ def check_feasible(sizes: Sequence[int], sparsity: float, min_threshold: float) 
     if needed > n_total - k:
         mt_max = max_feasible_min_threshold(sizes, sparsity)
         p_max = max_feasible_sparsity(sizes, min_threshold)
-        raise ValueError(
+        raise PrunelimitError(
             f"min_threshold={min_threshold!r} is infeasible at sparsity={sparsity!r}: the floor of {floor} "
             f"weights per layer keeps at least {needed} weights but only {n_total - k} of N={n_total} may stay. "
             f"Largest feasible min_threshold at this sparsity: {_down(mt_max)} (exactly {mt_max!r}); largest "
@@ -219,7 +220,7 @@ def _plan(model, sparsity, min_threshold, mode, include, exclude, want_masks):
     p = check_sparsity(sparsity)
     mt = check_min_threshold(min_threshold)
     if mode not in MT_MODES:
-        raise ValueError(f"mt_mode={mode!r} is not known; use one of {', '.join(MT_MODES)}")
+        raise PrunelimitError(f"mt_mode={mode!r} is not known; use one of {', '.join(MT_MODES)}")
     names, weights = prunable_layers(model, include, exclude)
     sizes = [w.numel() for w in weights]
     n_total = sum(sizes)

@@ -11,6 +11,7 @@ from fnmatch import fnmatchcase
 from typing import Iterable, Sequence
 
 from torch import nn
+from prunelimit.errors import PrunelimitError
 
 DEFAULT_PRUNABLE = (nn.Conv2d, nn.Linear)
 
@@ -52,7 +53,7 @@ def prunable_parameters(model: nn.Module, include: str | Sequence[str] | None = 
         seen.add(id(w))
         out.append((f"{mname}.weight" if mname else "weight", w))
     if (inc is not None or exc is not None) and not out:
-        raise ValueError(f"no prunable parameters left after include={inc} exclude={exc}; "
+        raise PrunelimitError(f"no prunable parameters left after include={inc} exclude={exc}; "
                          f"patterns match module names such as {_example_names(model)}")
     return out
 

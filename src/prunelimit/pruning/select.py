@@ -25,6 +25,7 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
+from prunelimit.errors import PrunelimitError
 
 _DIGIT_BINS = 1 << 16  # a digit has at most 16 bits
 _OUT = 1 << 16  # keys outside the current bucket are counted in bins >= _OUT and ignored
@@ -104,11 +105,11 @@ class Workspace:
 def check_sparsity(sparsity, name: str = "sparsity") -> float:
     """``sparsity`` as a float in [0, 1); ValueError naming ``name`` otherwise."""
     if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
-        raise ValueError(f"{name} must be a number in [0, 1) (fraction of weights removed), "
+        raise PrunelimitError(f"{name} must be a number in [0, 1) (fraction of weights removed), "
                          f"got {sparsity!r} of type {type(sparsity).__name__}")
     value = float(sparsity)
     if not math.isfinite(value) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name}={sparsity!r} is outside [0, 1); it is the fraction of prunable weights "
+        raise PrunelimitError(f"{name}={sparsity!r} is outside [0, 1); it is the fraction of prunable weights "
                          f"removed, e.g. 0.9 for 90 %")
     return value
 
@@ -122,7 +123,7 @@ def key_space(weights: Sequence[Tensor], names: Sequence[str] | None = None) -> 
     for i, w in enumerate(weights):
         if not w.is_floating_point():
             label = names[i] if names else f"#{i}"
-            raise ValueError(f"prunable parameter {label} has dtype {w.dtype}; magnitude pruning needs "
+            raise PrunelimitError(f"prunable parameter {label} has dtype {w.dtype}; magnitude pruning needs "
                              f"floating-point weights — exclude it with exclude=[...]")
     return FLOAT64_KEYS if any(w.dtype == torch.float64 for w in weights) else FLOAT32_KEYS
 

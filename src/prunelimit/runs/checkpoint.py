@@ -14,10 +14,11 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from prunelimit.errors import PrunelimitError
 from prunelimit.messages import few as _few
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PrunelimitError):
     """A checkpoint file is missing, unreadable, or does not fit the model."""
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from prunelimit import dist
 from prunelimit.runs.io import atomic_write_text, read_json, write_json
+from prunelimit.errors import PrunelimitError
 
 TITLES = {"gp": "GP", "gp_mt": "GP+MT"}
 RULE_TITLES = {"above_baseline": "largest p with test acc > unpruned (original rule)",
@@ -98,6 +99,6 @@ def report_markdown(s: dict) -> str:
 def report_from_dir(run_dir: str | Path) -> dict:
     path = Path(run_dir) / "summary.json"
     if not path.exists():
-        raise ValueError(f"{str(run_dir)!r} has no summary.json: it is not a finished prunelimit run directory "
+        raise PrunelimitError(f"{str(run_dir)!r} has no summary.json: it is not a finished prunelimit run directory "
                          f"(run `prunelimit run ...` first, or give the --out directory of one)")
     return read_json(path)

@@ -17,6 +17,7 @@ import yaml
 
 from prunelimit import dist
 from prunelimit.runs.io import atomic_write_text, read_json, write_json
+from prunelimit.errors import PrunelimitError
 
 # Keys that may change between invocations of the same run without invalidating its results.
 _VOLATILE = {"show_progress", "out", "device", "gpu", "name", "workers", "download", "allow_pickle", "threads",
@@ -49,7 +50,7 @@ class RunDir:
             diffs = [k for k in sorted(strict) if _strip(old.get(k)) != _strip(cfg_dict.get(k))]
             if diffs:
                 detail = "; ".join(f"{k}: {_diff(old.get(k), cfg_dict.get(k))}" for k in diffs)
-                raise ValueError(
+                raise PrunelimitError(
                     f"run directory {str(self.path)!r} holds results of a different config ({detail}). "
                     f"Use another --out, or delete the directory to start over.")
         if dist.is_main():
@@ -96,7 +97,7 @@ class RunDir:
         old = record.get("_fingerprint")
         if fingerprint is not None and old is not None and _strip(old) != _strip(fingerprint):
             diffs = _flat_diff(old, fingerprint)
-            raise ValueError(
+            raise PrunelimitError(
                 f"run directory {str(self.path)!r} already holds stage {stage!r} made with a different config "
                 f"({'; '.join(diffs[:5])}). Use another --out for the new config, or delete "
                 f"{str(m)!r} (and that stage's files) to redo it.")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from prunelimit.errors import PrunelimitError
 
 DENSITY_KERNELS = ("gaussian", "original")
 CACHE_GRAPH_MODES = ("auto", "true", "false")
@@ -26,7 +27,7 @@ class SpectrumConfig:
         def positive_int(key: str, minimum: int = 1):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"spectrum.{key}={value!r} must be an integer >= {minimum}")
+                raise PrunelimitError(f"spectrum.{key}={value!r} must be an integer >= {minimum}")
 
         for key in ("lanczos_iter", "lanczos_num", "top_k", "row_quantiles"):
             positive_int(key)
@@ -35,18 +36,18 @@ class SpectrumConfig:
         positive_int("seed", 0)
         if self.density_sigma is not None and not (isinstance(self.density_sigma, (int, float))
                                                    and self.density_sigma > 0):
-            raise ValueError(f"spectrum.density_sigma={self.density_sigma!r} must be a positive number "
+            raise PrunelimitError(f"spectrum.density_sigma={self.density_sigma!r} must be a positive number "
                              "or null for the default (1 % of the spectrum's range)")
         if self.density_kernel not in DENSITY_KERNELS:
-            raise ValueError(f"spectrum.density_kernel={self.density_kernel!r} is not one of {DENSITY_KERNELS}")
+            raise PrunelimitError(f"spectrum.density_kernel={self.density_kernel!r} is not one of {DENSITY_KERNELS}")
         if not isinstance(self.important_eigs, bool):
-            raise ValueError(f"spectrum.important_eigs={self.important_eigs!r} must be true or false")
+            raise PrunelimitError(f"spectrum.important_eigs={self.important_eigs!r} must be true or false")
         if not (isinstance(self.row_threshold, (int, float)) and self.row_threshold > 0):
-            raise ValueError(f"spectrum.row_threshold={self.row_threshold!r} must be a positive number")
+            raise PrunelimitError(f"spectrum.row_threshold={self.row_threshold!r} must be a positive number")
         if isinstance(self.cache_graph, bool):  # YAML true/false
             self.cache_graph = "true" if self.cache_graph else "false"
         if str(self.cache_graph).lower() not in CACHE_GRAPH_MODES:
-            raise ValueError(f"spectrum.cache_graph={self.cache_graph!r} must be one of {CACHE_GRAPH_MODES}")
+            raise PrunelimitError(f"spectrum.cache_graph={self.cache_graph!r} must be one of {CACHE_GRAPH_MODES}")
         self.cache_graph = str(self.cache_graph).lower()
 
     def cache_graph_arg(self) -> bool | str:

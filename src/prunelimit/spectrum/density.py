@@ -5,14 +5,15 @@ import math
 import warnings
 
 import torch
+from prunelimit.errors import PrunelimitError
 
 
 def _as_float64(x, name: str) -> torch.Tensor:
     t = torch.as_tensor(x, dtype=torch.float64).reshape(-1).cpu()
     if t.numel() == 0:
-        raise ValueError(f"{name} is empty; run slq_spectrum first")
+        raise PrunelimitError(f"{name} is empty; run slq_spectrum first")
     if not torch.isfinite(t).all():
-        raise ValueError(f"{name} contains inf/nan; the spectrum is not usable")
+        raise PrunelimitError(f"{name} contains inf/nan; the spectrum is not usable")
     return t
 
 
@@ -36,16 +37,16 @@ def spectral_density(nodes, weights, grid=None, *, sigma: float | None = None, n
     integrates to ≈ Σ weights = 1 over it. Returns (grid, density), float64 CPU tensors."""
     nodes, weights = _as_float64(nodes, "nodes"), _as_float64(weights, "weights")
     if nodes.shape != weights.shape:
-        raise ValueError(f"nodes and weights must have the same length; got {nodes.numel()} and {weights.numel()}")
+        raise PrunelimitError(f"nodes and weights must have the same length; got {nodes.numel()} and {weights.numel()}")
     lo, hi = nodes.min().item(), nodes.max().item()
     if sigma is None:
         span = hi - lo if hi > lo else max(abs(hi), 1.0)
         sigma = 0.01 * span
     if not sigma > 0:
-        raise ValueError(f"density_sigma={sigma!r} must be positive (or None for 1% of the spectrum range)")
+        raise PrunelimitError(f"density_sigma={sigma!r} must be positive (or None for 1% of the spectrum range)")
     if grid is None:
         if not isinstance(num_points, int) or num_points < 2:
-            raise ValueError(f"density_points={num_points!r} must be an integer >= 2")
+            raise PrunelimitError(f"density_points={num_points!r} must be an integer >= 2")
         grid = torch.linspace(lo - 5 * sigma, hi + 5 * sigma, num_points, dtype=torch.float64)
     else:
         grid = _as_float64(grid, "grid")
@@ -66,7 +67,7 @@ def original_density(nodes, weights, *, probes: int = 1, num_bins: int = 100_000
     ``nodes``/``weights`` are slq_spectrum's output (probes·steps entries, weights averaged)."""
     nodes, weights = _as_float64(nodes, "nodes"), _as_float64(weights, "weights")
     if nodes.numel() % probes:
-        raise ValueError(f"probes={probes} does not divide the {nodes.numel()} nodes; pass lanczos_num")
+        raise PrunelimitError(f"probes={probes} does not divide the {nodes.numel()} nodes; pass lanczos_num")
     per_probe = nodes.view(probes, -1)
     lam_max = per_probe.max(dim=1).values.mean().item() + overhead
     lam_min = per_probe.min(dim=1).values.mean().item() - overhead

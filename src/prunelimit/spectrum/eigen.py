@@ -8,6 +8,7 @@ import torch
 
 from prunelimit.spectrum.lanczos import _LanczosRun, _op_device, _op_dtype, rademacher, tridiagonal_eigh
 from prunelimit.spectrum.operator import apply_operator
+from prunelimit.errors import PrunelimitError
 
 
 def top_eigenvalues(op, k: int, *, max_iter: int = 100, tol: float = 1e-4, seed: int = 0
@@ -25,11 +26,11 @@ def top_eigenvalues(op, k: int, *, max_iter: int = 100, tol: float = 1e-4, seed:
     """
     dim = op.dim
     if not isinstance(k, int) or not 1 <= k <= dim:
-        raise ValueError(f"top_k={k!r} must be an integer between 1 and the Hessian dimension {dim}")
+        raise PrunelimitError(f"top_k={k!r} must be an integer between 1 and the Hessian dimension {dim}")
     if not isinstance(max_iter, int) or max_iter < k:
-        raise ValueError(f"max_iter={max_iter!r} must be an integer >= top_k={k}")
+        raise PrunelimitError(f"max_iter={max_iter!r} must be an integer >= top_k={k}")
     if not tol > 0:
-        raise ValueError(f"tol={tol!r} must be positive")
+        raise PrunelimitError(f"tol={tol!r} must be positive")
     capacity = min(max_iter, dim)
     start = rademacher(1, dim, seed, _op_dtype(op), _op_device(op))
     run = _LanczosRun(op, start, capacity, seed=seed)
@@ -45,7 +46,7 @@ def top_eigenvalues(op, k: int, *, max_iter: int = 100, tol: float = 1e-4, seed:
             break
         run.advance(1)
     if m < k:
-        raise ValueError(f"the Krylov space closed after {m} steps, fewer than top_k={k}; the Hessian has "
+        raise PrunelimitError(f"the Krylov space closed after {m} steps, fewer than top_k={k}; the Hessian has "
                          f"fewer than {k} distinct directions reachable — lower top_k")
     if not converged:
         warnings.warn(f"top_eigenvalues: {m} Lanczos steps (max_iter={max_iter}) left relative residuals "
@@ -63,14 +64,14 @@ def hessian_trace(op, samples: int, *, seed: int = 0, batch: int = 8) -> tuple[f
     Returns (mean, standard error = sample std / sqrt(samples)); the error is nan for one sample.
     Exact (zero variance) when H is diagonal, because z_i² = 1. ``batch`` vectors share one HVP."""
     if not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"trace_samples={samples!r} must be a positive integer")
+        raise PrunelimitError(f"trace_samples={samples!r} must be a positive integer")
     Z = rademacher(samples, op.dim, seed, _op_dtype(op), _op_device(op))
     values = []
     for first in range(0, samples, max(1, int(batch))):
         block = Z[first:first + batch]
         HZ = apply_operator(op, block)
         if not torch.isfinite(HZ).all():
-            raise ValueError(f"Hessian-vector product is not finite at trace sample {first}; the model/loss "
+            raise PrunelimitError(f"Hessian-vector product is not finite at trace sample {first}; the model/loss "
                              "has inf/nan at these weights")
         values.append((block.double() * HZ.double()).sum(dim=1).cpu())
     v = torch.cat(values)

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from prunelimit import dist
 from prunelimit.spectrum.operator import apply_operator
+from prunelimit.errors import PrunelimitError
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,9 @@ def memory_message(dim: int, steps: int, dtype=torch.float32, probes: int = 1) -
 
 def _check_steps(steps: int, dim: int) -> None:
     if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"lanczos_iter={steps!r} must be a positive integer")
+        raise PrunelimitError(f"lanczos_iter={steps!r} must be a positive integer")
     if steps > dim:
-        raise ValueError(f"lanczos_iter={steps} exceeds the Hessian dimension dim={dim}; "
+        raise PrunelimitError(f"lanczos_iter={steps} exceeds the Hessian dimension dim={dim}; "
                          f"use lanczos_iter <= {dim}")
 
 
@@ -100,7 +101,7 @@ class _LanczosRun:
         q = start.to(device=device, dtype=dtype)
         norms = q.double().norm(dim=1)
         if not torch.all(norms > 0):
-            raise ValueError("a Lanczos start vector is zero; pass a non-zero v0")
+            raise PrunelimitError("a Lanczos start vector is zero; pass a non-zero v0")
         self.q = q / norms.to(dtype)[:, None]
         self.q_prev = torch.zeros_like(self.q)
         self.beta_prev = torch.zeros(P, dtype=dtype, device=device)
@@ -145,7 +146,7 @@ class _LanczosRun:
             self.basis[:, j] = self.q
             w = apply_operator(self.op, self.q)
             if not torch.isfinite(w).all():
-                raise ValueError(f"Hessian-vector product is not finite at step {j}; the model/loss has "
+                raise PrunelimitError(f"Hessian-vector product is not finite at step {j}; the model/loss has "
                                  "inf/nan at these weights (check the checkpoint, the data and the loss)")
             a = (self.q.double() * w.double()).sum(dim=1)                     # (P,) on the device
             w = w - a.to(w.dtype)[:, None] * self.q - self.beta_prev[:, None] * self.q_prev
@@ -204,7 +205,7 @@ def lanczos_tridiagonal(op, steps: int, *, v0: torch.Tensor | None = None, seed:
     if v0 is None:
         v0 = rademacher(1, op.dim, seed)[0]
     if v0.ndim != 1 or v0.numel() != op.dim:
-        raise ValueError(f"v0 must be a 1-D vector of length dim={op.dim}; got shape {tuple(v0.shape)}")
+        raise PrunelimitError(f"v0 must be a 1-D vector of length dim={op.dim}; got shape {tuple(v0.shape)}")
     run = _LanczosRun(op, v0.unsqueeze(0), steps, reorthogonalize=reorthogonalize, seed=seed,
                       show_progress=show_progress)
     run.advance(steps)
@@ -226,11 +227,11 @@ def slq_spectrum(op, steps: int, probes: int, *, seed: int = 0, show_progress: b
     Σ weights·f(nodes) ≈ tr f(H) / dim. ``probe_batch`` probes run together (default: all)."""
     _check_steps(steps, op.dim)
     if not isinstance(probes, int) or probes < 1:
-        raise ValueError(f"lanczos_num={probes!r} (number of SLQ probes) must be a positive integer")
+        raise PrunelimitError(f"lanczos_num={probes!r} (number of SLQ probes) must be a positive integer")
     if start is None:
         start = rademacher(probes, op.dim, seed)
     elif start.shape != (probes, op.dim):
-        raise ValueError(f"start must have shape (probes, dim) = ({probes}, {op.dim}); got {tuple(start.shape)}")
+        raise PrunelimitError(f"start must have shape (probes, dim) = ({probes}, {op.dim}); got {tuple(start.shape)}")
     chunk = probes if probe_batch is None else max(1, int(probe_batch))
     log.info(memory_message(op.dim, steps, _op_dtype(op), chunk))
     nodes, weights = [], []

@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from prunelimit import dist
 from prunelimit.spectrum.lean_graphs import LeanGraphMode
+from prunelimit.errors import PrunelimitError
 
 CACHE_MAX_SAMPLES = 20_000
 # CUDA: stop caching when free memory falls below this fraction of the device (room for HVPs, basis).
@@ -77,7 +78,7 @@ def _eval_mode(model: nn.Module):
 def _batch_size(inputs, targets) -> int:
     ref = targets if isinstance(targets, torch.Tensor) and targets.ndim > 0 else inputs
     if not isinstance(ref, torch.Tensor) or ref.ndim == 0:
-        raise ValueError("each batch must be (inputs, targets) with a leading batch dimension; "
+        raise PrunelimitError("each batch must be (inputs, targets) with a leading batch dimension; "
                          f"got inputs of type {type(inputs).__name__}")
     return int(ref.shape[0])
 
@@ -118,20 +119,20 @@ class HessianOperator:
         if not named:
             what = ("has no trainable Conv1d/Conv2d/Linear parameters" if params is None
                     else "was given an empty params list")
-            raise ValueError(f"model {type(model).__name__} {what}, so there is no Hessian to take; pass "
+            raise PrunelimitError(f"model {type(model).__name__} {what}, so there is no Hessian to take; pass "
                              "params=[(name, parameter), ...] with the parameters to differentiate")
         for name, p in named:
             if not isinstance(p, torch.Tensor) or not p.requires_grad:
-                raise ValueError(f"params entry {name!r} is not a tensor that requires grad; "
+                raise PrunelimitError(f"params entry {name!r} is not a tensor that requires grad; "
                                  "pass (name, nn.Parameter) pairs of trainable parameters")
         modes = {True: True, False: False, "true": True, "false": False, "auto": "auto"}
         key = cache_graph.lower() if isinstance(cache_graph, str) else cache_graph
         if not isinstance(key, (bool, str)) or key not in modes:
-            raise ValueError(f"cache_graph={cache_graph!r} is invalid; use True, False or 'auto' "
+            raise PrunelimitError(f"cache_graph={cache_graph!r} is invalid; use True, False or 'auto' "
                              "(SpectrumConfig's 'true'/'false' strings work too)")
         cache_graph = modes[key]
         if isinstance(batches, collections.abc.Iterator):
-            raise ValueError("batches is a one-shot iterator; pass something re-iterable such as a "
+            raise PrunelimitError("batches is a one-shot iterator; pass something re-iterable such as a "
                              "list of (inputs, targets) or a DataLoader")
         self.model, self.loss_fn, self.batches = model, loss_fn, batches
         self.regularizer = regularizer
@@ -143,12 +144,12 @@ class HessianOperator:
         self._starts = [sum(self.sizes[:i]) for i in range(len(self.sizes))]  # offsets in a flat vector
         self.dtype = self.params[0].dtype
         if any(p.dtype != self.dtype for p in self.params):
-            raise ValueError(f"params of model {type(model).__name__} mix dtypes "
+            raise PrunelimitError(f"params of model {type(model).__name__} mix dtypes "
                              f"{sorted({str(p.dtype) for p in self.params})}; convert the model to one dtype")
         self.device = torch.device(device) if device is not None else self.params[0].device
         for name, p in named:
             if p.device != self.device:
-                raise ValueError(f"parameter {name!r} is on {p.device} but device={self.device}; "
+                raise PrunelimitError(f"parameter {name!r} is on {p.device} but device={self.device}; "
                                  f"move the model first with model.to({str(self.device)!r})")
         self.show_progress = show_progress
         self.num_matvecs = 0
@@ -167,7 +168,7 @@ class HessianOperator:
             try:
                 inputs, targets = item
             except (TypeError, ValueError):
-                raise ValueError(f"batch {i} is not an (inputs, targets) pair; got {type(item).__name__}") from None
+                raise PrunelimitError(f"batch {i} is not an (inputs, targets) pair; got {type(item).__name__}") from None
             yield inputs.to(self.device), targets.to(self.device), _batch_size(inputs, targets)
 
     def _graph_mode(self):
@@ -177,7 +178,7 @@ class HessianOperator:
     def _batch_loss(self, inputs, targets, i: int) -> torch.Tensor:
         loss = self.loss_fn(self.model(inputs), targets)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-            raise ValueError(f"loss_fn must return the batch's mean loss as a scalar tensor; batch {i} "
+            raise PrunelimitError(f"loss_fn must return the batch's mean loss as a scalar tensor; batch {i} "
                              f"gave {type(loss).__name__} of shape {getattr(loss, 'shape', None)}")
         return loss.reshape(())
 
@@ -219,10 +220,10 @@ class HessianOperator:
         dist.all_reduce_sum(stats)
         if stats[2].item() > 0:
             where = f"batch {bad_batch}" if bad_batch >= 0 else "a batch on another rank"
-            raise ValueError(f"the loss at the current weights is not finite ({where}); the model or data "
+            raise PrunelimitError(f"the loss at the current weights is not finite ({where}); the model or data "
                              "contains inf/nan — check the checkpoint and the inputs before the Hessian")
         if stats[0].item() == 0:
-            raise ValueError("batches is empty; pass at least one (inputs, targets) batch")
+            raise PrunelimitError("batches is empty; pass at least one (inputs, targets) batch")
         self.local_count, self.num_samples = count, int(stats[0].item())
         self.loss = stats[1].item() / self.num_samples
         self.cached = caching
@@ -234,7 +235,7 @@ class HessianOperator:
         if self.regularizer is not None:
             reg = self.regularizer(self.model)
             if not isinstance(reg, torch.Tensor) or reg.numel() != 1 or not torch.isfinite(reg).item():
-                raise ValueError(f"regularizer(model) must return a finite scalar tensor; got {reg!r}")
+                raise PrunelimitError(f"regularizer(model) must return a finite scalar tensor; got {reg!r}")
             self.loss += reg.item()
             if reg.requires_grad:
                 self._reg_graph = torch.autograd.grad(reg.reshape(()), self.params, create_graph=True,
@@ -282,7 +283,7 @@ class HessianOperator:
                 out += self._backward(g, V, retain=False)
                 count += n
         if count != self.local_count:
-            raise ValueError(f"batches gave {count} samples in this pass but {self.local_count} when the "
+            raise PrunelimitError(f"batches gave {count} samples in this pass but {self.local_count} when the "
                              "operator was built; the data must be the same on every pass (no drop_last "
                              "with shuffling, no changing dataset)")
         return out
@@ -290,7 +291,7 @@ class HessianOperator:
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
         """H applied to each row of ``V`` (k, dim); returns (k, dim) in V's dtype and device."""
         if V.ndim != 2 or V.shape[1] != self.dim:
-            raise ValueError(f"vectors must have shape (k, {self.dim}); got {tuple(V.shape)}")
+            raise PrunelimitError(f"vectors must have shape (k, {self.dim}); got {tuple(V.shape)}")
         W = V.detach().to(device=self.device, dtype=self.dtype)
         with torch.enable_grad():
             out = self._local_hvp(W)
@@ -303,7 +304,7 @@ class HessianOperator:
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """H v for a flat vector of length ``dim``; returned in v's dtype and device."""
         if v.ndim != 1 or v.numel() != self.dim:
-            raise ValueError(f"vector must be 1-D of length dim={self.dim}; got shape {tuple(v.shape)}")
+            raise PrunelimitError(f"vector must be 1-D of length dim={self.dim}; got shape {tuple(v.shape)}")
         return self.matmat(v.unsqueeze(0)).squeeze(0)
 
     def gradient(self) -> torch.Tensor:
@@ -345,7 +346,7 @@ class MatrixOperator:
 
     def __init__(self, matrix: torch.Tensor):
         if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
-            raise ValueError(f"matrix must be square; got shape {tuple(matrix.shape)}")
+            raise PrunelimitError(f"matrix must be square; got shape {tuple(matrix.shape)}")
         self.matrix = matrix
         self.dim = matrix.shape[0]
         self.dtype, self.device = matrix.dtype, matrix.device

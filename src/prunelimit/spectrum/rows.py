@@ -15,6 +15,7 @@ from torch import nn
 
 from prunelimit.pruning.prunable import prunable_parameters
 from prunelimit.spectrum.operator import apply_operator
+from prunelimit.errors import PrunelimitError
 
 
 @dataclass
@@ -53,17 +54,17 @@ def hessian_row_norms(op, model: nn.Module, *, quantiles: int = 100, include=Non
     conv/linear weights and biases do). Prunable weights are sorted once by |w| (ties by position);
     quantile i picks the weight at sorted position floor(i·N/Q). ``batch`` rows share one backward."""
     if not isinstance(quantiles, int) or quantiles < 1:
-        raise ValueError(f"row_quantiles={quantiles!r} must be a positive integer")
+        raise PrunelimitError(f"row_quantiles={quantiles!r} must be a positive integer")
     if not threshold > 0:
-        raise ValueError(f"row_threshold={threshold!r} must be positive")
+        raise PrunelimitError(f"row_threshold={threshold!r} must be positive")
     prunable = prunable_parameters(model, include, exclude)
     if not prunable:
-        raise ValueError(f"model {type(model).__name__} has no prunable (Conv2d/Linear) weights to sample "
+        raise PrunelimitError(f"model {type(model).__name__} has no prunable (Conv2d/Linear) weights to sample "
                          "Hessian rows from; pass include=[...] patterns that select some")
     offsets = op.offsets()
     for name, p in prunable:
         if id(p) not in offsets:
-            raise ValueError(f"prunable weight {name!r} is not among the Hessian operator's parameters; "
+            raise PrunelimitError(f"prunable weight {name!r} is not among the Hessian operator's parameters; "
                              "build HessianOperator with params that include it (the default covers "
                              "conv/linear weights and biases)")
     # |w| of all prunable weights in module order (N,), sorted once.
@@ -85,7 +86,7 @@ def hessian_row_norms(op, model: nn.Module, *, quantiles: int = 100, include=Non
         E[torch.arange(c.numel()), c.to(E.device)] = 1
         rows = apply_operator(op, E)                                     # (b, dim) = H e_c (H symmetric)
         if not torch.isfinite(rows).all():
-            raise ValueError("Hessian-vector product is not finite while sampling Hessian rows; the "
+            raise PrunelimitError("Hessian-vector product is not finite while sampling Hessian rows; the "
                              "model/loss has inf/nan at these weights")
         row_l1[s:s + batch] = rows.double().abs().sum(dim=1).cpu()
     return RowNormResult(quantile=torch.arange(quantiles, dtype=torch.float64) / quantiles,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
+from prunelimit.errors import PrunelimitError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 CRITERIA = ("cross_entropy", "mse")
@@ -48,7 +49,7 @@ class TrainConfig:
             _check_int(name, getattr(self, name), 0)
         for name in ("nesterov", "amp", "save_every_epoch"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"train config key {name!r} must be true or false, got {getattr(self, name)!r}")
+                raise PrunelimitError(f"train config key {name!r} must be true or false, got {getattr(self, name)!r}")
         for name in ("lr", "momentum", "weight_decay", "label_smoothing", "gamma", "l1_lambda"):
             setattr(self, name, _check_float(name, getattr(self, name)))
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -57,27 +58,27 @@ class TrainConfig:
         _check_choice("scheduler_step", self.scheduler_step, SCHEDULER_STEPS)
         _check_choice("l1_params", self.l1_params, L1_PARAM_SETS)
         if self.lr <= 0:
-            raise ValueError(f"train config key 'lr' must be > 0, got {self.lr}")
+            raise PrunelimitError(f"train config key 'lr' must be > 0, got {self.lr}")
         if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"train config key 'momentum' must be in [0, 1), got {self.momentum}")
+            raise PrunelimitError(f"train config key 'momentum' must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
-            raise ValueError(f"train config key 'weight_decay' must be >= 0, got {self.weight_decay}")
+            raise PrunelimitError(f"train config key 'weight_decay' must be >= 0, got {self.weight_decay}")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
-            raise ValueError("train config key 'nesterov' needs optimizer 'sgd' with momentum > 0; "
+            raise PrunelimitError("train config key 'nesterov' needs optimizer 'sgd' with momentum > 0; "
                              f"got optimizer {self.optimizer!r}, momentum {self.momentum}")
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"train config key 'label_smoothing' must be in [0, 1), got {self.label_smoothing}")
+            raise PrunelimitError(f"train config key 'label_smoothing' must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 < self.gamma <= 1.0:
-            raise ValueError(f"train config key 'gamma' must be in (0, 1], got {self.gamma}")
+            raise PrunelimitError(f"train config key 'gamma' must be in (0, 1], got {self.gamma}")
         if self.l1_lambda < 0:
-            raise ValueError(f"train config key 'l1_lambda' must be >= 0 (0 = no L1 term), got {self.l1_lambda}")
+            raise PrunelimitError(f"train config key 'l1_lambda' must be >= 0 (0 = no L1 term), got {self.l1_lambda}")
         self._check_milestones()
         if self.warmup_epochs > self.epochs or (self.warmup_epochs == self.epochs
                                                  and self.schedule in ("cosine", "linear")):
-            raise ValueError(f"train config key 'warmup_epochs' ({self.warmup_epochs}) must leave at least one of "
+            raise PrunelimitError(f"train config key 'warmup_epochs' ({self.warmup_epochs}) must leave at least one of "
                              f"the {self.epochs} epochs for the {self.schedule!r} schedule; lower warmup_epochs")
         if self.scheduler_step == "iteration" and self.schedule not in ITERATION_COMPAT_SCHEDULES:
-            raise ValueError(f"train config key 'scheduler_step': 'iteration' reproduces the limit repository "
+            raise PrunelimitError(f"train config key 'scheduler_step': 'iteration' reproduces the limit repository "
                              f"only for schedules {list(ITERATION_COMPAT_SCHEDULES)}, not {self.schedule!r}; "
                              f"use scheduler_step: epoch")
 
@@ -86,33 +87,33 @@ class TrainConfig:
         if isinstance(ms, tuple):
             ms = list(ms)
         if not isinstance(ms, list) or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in ms):
-            raise ValueError(f"train config key 'milestones' must be a list of positive epoch numbers such as "
+            raise PrunelimitError(f"train config key 'milestones' must be a list of positive epoch numbers such as "
                              f"[60, 120, 160], got {self.milestones!r}")
         if any(b <= a for a, b in zip(ms, ms[1:])):
-            raise ValueError(f"train config key 'milestones' must be strictly increasing, got {ms}")
+            raise PrunelimitError(f"train config key 'milestones' must be strictly increasing, got {ms}")
         if self.schedule == "multistep" and not ms:
-            raise ValueError("train config key 'milestones' is empty but schedule is 'multistep'; "
+            raise PrunelimitError("train config key 'milestones' is empty but schedule is 'multistep'; "
                              "give the epochs where lr is multiplied by gamma, e.g. [60, 120, 160]")
         if self.schedule == "step" and len(ms) != 1:
-            raise ValueError(f"train config key 'milestones' must hold exactly one value (the period in epochs) "
+            raise PrunelimitError(f"train config key 'milestones' must hold exactly one value (the period in epochs) "
                              f"for schedule 'step', got {ms}; use schedule 'multistep' for a list")
         self.milestones = ms
 
 
 def _check_int(name: str, value, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"train config key {name!r} must be an integer >= {minimum}, got {value!r}")
+        raise PrunelimitError(f"train config key {name!r} must be an integer >= {minimum}, got {value!r}")
 
 
 def _check_float(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"train config key {name!r} must be a finite number, got {value!r}")
+        raise PrunelimitError(f"train config key {name!r} must be a finite number, got {value!r}")
     return float(value)
 
 
 def _check_choice(name: str, value, choices) -> None:
     if value not in choices:
-        raise ValueError(f"train config key {name!r} must be one of {list(choices)}, got {value!r}")
+        raise PrunelimitError(f"train config key {name!r} must be one of {list(choices)}, got {value!r}")
 
 
 # The GP paper's fine-tuning recipe (ResNet-50 / ImageNet): lr 0.1024 for a total batch of 256, scaled
@@ -137,7 +138,7 @@ def gp_finetune_config(batch_size: int = GP_REFERENCE_BATCH, *, wide_resnet: boo
     _check_int("batch_size", batch_size, 1)
     unknown = sorted(set(overrides) - {f.name for f in fields(TrainConfig)})
     if unknown:
-        raise ValueError(f"gp_finetune_config: unknown train config key(s) {unknown}; "
+        raise PrunelimitError(f"gp_finetune_config: unknown train config key(s) {unknown}; "
                          f"valid keys are {[f.name for f in fields(TrainConfig)]}")
     values = dict(GP_FINETUNE_DEFAULTS, batch_size=batch_size,
                   lr=GP_FINETUNE_DEFAULTS["lr"] * batch_size / GP_REFERENCE_BATCH, nesterov=wide_resnet)

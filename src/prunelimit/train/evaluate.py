@@ -15,11 +15,12 @@ from tqdm.auto import tqdm
 
 from prunelimit import dist
 from prunelimit.train.objective import criterion_from_name, l1_penalty
+from prunelimit.errors import PrunelimitError
 
 
 def split_batch(batch, where: str = "loader") -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        raise ValueError(f"{where} must yield (inputs, targets) pairs, got a {type(batch).__name__}"
+        raise PrunelimitError(f"{where} must yield (inputs, targets) pairs, got a {type(batch).__name__}"
                          + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""))
     return batch[0], batch[1]
 
@@ -54,7 +55,7 @@ def evaluate(model: nn.Module, loader, *, device=None, criterion: str = "cross_e
     """
     crit = criterion_from_name(criterion, num_classes, label_smoothing)
     if l1_lambda < 0:
-        raise ValueError(f"l1_lambda must be >= 0, got {l1_lambda}")
+        raise PrunelimitError(f"l1_lambda must be >= 0, got {l1_lambda}")
     model = getattr(model, "module", model)
     if device is None:
         device = next(model.parameters()).device
@@ -82,7 +83,7 @@ def evaluate(model: nn.Module, loader, *, device=None, criterion: str = "cross_e
     dist.all_reduce_sum(sums)
     count = int(sums[3])
     if count == 0:
-        raise ValueError("the evaluation loader yielded no samples; check the test dataset and its path")
+        raise PrunelimitError("the evaluation loader yielded no samples; check the test dataset and its path")
     data_loss = float(sums[0]) / count
     l1_term = l1_lambda * float(l1_penalty(model, l1_params)) if l1_lambda > 0 else 0.0
     return {"loss": data_loss + l1_term, "data_loss": data_loss, "top1": 100.0 * float(sums[1]) / count,

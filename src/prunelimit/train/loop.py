@@ -29,6 +29,7 @@ from prunelimit.train.evaluate import evaluate, split_batch, topk_correct
 from prunelimit.train.masking import MaskEnforcer, verify_same_on_all_ranks, zero_fraction_percent
 from prunelimit.train.objective import make_criterion, l1_penalty
 from prunelimit.train.schedule import LRSchedule
+from prunelimit.errors import PrunelimitError
 
 # The per-epoch CSV. Epoch is 1-based; LR is the lr of the epoch's first iteration; accuracies are percent;
 # "% Pruning" is the measured percentage of zero conv/linear weights; losses are the mean criterion (with
@@ -40,7 +41,7 @@ LOG_COLUMNS = ("Epoch", "Current Time", "LR", "Orig Acc", "% Pruning", "Train Ac
 DIVERGENCE_CHECK_EVERY = 20
 
 
-class TrainingDiverged(ValueError):
+class TrainingDiverged(PrunelimitError):
     """The loss became non-finite; the last good checkpoint is left on disk."""
 
 
@@ -68,10 +69,10 @@ def train(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *, devi
     epoch as if the process had crashed (for tests). Under torchrun the model is wrapped in DDP.
     """
     if not isinstance(cfg, TrainConfig):
-        raise ValueError(f"cfg must be a prunelimit.train.TrainConfig, got {type(cfg).__name__}")
+        raise PrunelimitError(f"cfg must be a prunelimit.train.TrainConfig, got {type(cfg).__name__}")
     if stop_after_epoch is not None and (isinstance(stop_after_epoch, bool) or not isinstance(stop_after_epoch, int)
                                          or stop_after_epoch < 1):
-        raise ValueError(f"stop_after_epoch must be a positive epoch number or None, got {stop_after_epoch!r}")
+        raise PrunelimitError(f"stop_after_epoch must be a positive epoch number or None, got {stop_after_epoch!r}")
     model = getattr(model, "module", model)
     # resolve_device: a clear error when CUDA is missing, and "cuda" -> this rank's GPU under torchrun
     device = dist.resolve_device(str(device)) if device is not None else next(model.parameters()).device
@@ -99,7 +100,7 @@ def train(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *, devi
         saved = st.load_last(ckpt_path, cfg)
         check_state_dict(model, saved["model"], ckpt_path)
         if enforcer is not None and saved.get("mask_checksum") not in (None, enforcer.checksum()):
-            raise ValueError(f"the masks given differ from those of the run in {str(ckpt_path)!r}; pass the "
+            raise PrunelimitError(f"the masks given differ from those of the run in {str(ckpt_path)!r}; pass the "
                              f"run's masks, a new run_dir, or resume=False")
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -173,7 +174,7 @@ def finetune(model: nn.Module, masks, train_loader, test_loader, cfg: TrainConfi
     momentum 0.875, weight decay 7e-6, label smoothing 0.1, cosine; ``gp_finetune_config`` adds
     Nesterov for WideResNets)."""
     if masks is None:
-        raise ValueError("finetune needs masks (parameter name -> bool tensor, True = kept); "
+        raise PrunelimitError("finetune needs masks (parameter name -> bool tensor, True = kept); "
                          "for dense training call train()")
     if cfg is None:
         per_rank = getattr(train_loader, "batch_size", None)

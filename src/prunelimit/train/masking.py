@@ -17,6 +17,7 @@ from torch import nn
 
 from prunelimit import dist
 from prunelimit.pruning.prunable import prunable_parameters
+from prunelimit.errors import PrunelimitError
 
 # Multiplier of the flat-index hash in the mask checksum (Knuth's multiplicative hash), reduced
 # modulo a Mersenne prime so the per-mask sum of up to 2**31 terms stays exact in int64.
@@ -60,7 +61,7 @@ def validate_masks(model: nn.Module, masks: Mapping[str, torch.Tensor],
                    device: torch.device | None = None) -> dict[str, torch.Tensor]:
     """Check names/shapes/values against ``model``; return bool masks on ``device`` in a fixed order."""
     if not isinstance(masks, Mapping) or not masks:
-        raise ValueError("masks must be a non-empty dict {parameter name: bool tensor (True = kept)}, "
+        raise PrunelimitError("masks must be a non-empty dict {parameter name: bool tensor (True = kept)}, "
                          f"got {type(masks).__name__}")
     named = dict(model.named_parameters())
     out = {}
@@ -68,15 +69,15 @@ def validate_masks(model: nn.Module, masks: Mapping[str, torch.Tensor],
         mask = masks[name]
         if name not in named:
             hint = [n for n, _ in prunable_parameters(model)][:4]
-            raise ValueError(f"mask key {name!r} is not a parameter of {type(model).__name__}; mask keys are "
+            raise PrunelimitError(f"mask key {name!r} is not a parameter of {type(model).__name__}; mask keys are "
                              f"parameter names as in model.named_parameters(), e.g. {hint} (no 'module.' prefix)")
         if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(named[name].shape):
             shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-            raise ValueError(f"mask {name!r} has shape {shape} but the parameter has {tuple(named[name].shape)}; "
+            raise PrunelimitError(f"mask {name!r} has shape {shape} but the parameter has {tuple(named[name].shape)}; "
                              f"the masks were made for a different model")
         if mask.dtype != torch.bool:
             if not bool(((mask == 0) | (mask == 1)).all()):
-                raise ValueError(f"mask {name!r} must be boolean (True = kept) or hold only 0/1, "
+                raise PrunelimitError(f"mask {name!r} must be boolean (True = kept) or hold only 0/1, "
                                  f"got dtype {mask.dtype} with other values")
             mask = mask != 0
         out[name] = mask.to(device if device is not None else named[name].device)
@@ -108,7 +109,7 @@ def verify_same_on_all_ranks(values: list[int], what: str, device: torch.device)
         tdist.all_reduce(both, op=tdist.ReduceOp.MAX)
         same = bool(torch.equal(both[: len(values)], -both[len(values):]))
     if not same:
-        raise ValueError(f"the {what} differs between ranks (rank {dist.rank()} of {dist.world_size()} checked); "
+        raise PrunelimitError(f"the {what} differs between ranks (rank {dist.rank()} of {dist.world_size()} checked); "
                          f"every process must use the same {what}: compute it on rank 0 and load the same file "
                          f"everywhere, or derive it from identical weights")
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from prunelimit.pruning.prunable import prunable_parameters
 from prunelimit.train.config import CRITERIA, L1_PARAM_SETS, TrainConfig
+from prunelimit.errors import PrunelimitError
 
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -19,19 +20,19 @@ def criterion_from_name(name: str, num_classes: int | None = None, label_smoothi
     "mse" compares the logits with one-hot targets (smoothed like cross-entropy's targets when
     ``label_smoothing`` > 0: (1 - s) * onehot + s / C); C is ``num_classes`` or the logits' width."""
     if name not in CRITERIA:
-        raise ValueError(f"criterion must be one of {list(CRITERIA)}, got {name!r}")
+        raise PrunelimitError(f"criterion must be one of {list(CRITERIA)}, got {name!r}")
     if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        raise PrunelimitError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
                                     or num_classes < 1):
-        raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}")
+        raise PrunelimitError(f"num_classes must be a positive integer or None, got {num_classes!r}")
     if name == "cross_entropy":
         return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
     def mse_one_hot(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         classes = num_classes if num_classes is not None else logits.shape[1]
         if logits.shape[1] != classes:
-            raise ValueError(f"the model outputs {logits.shape[1]} classes but num_classes is {classes}; "
+            raise PrunelimitError(f"the model outputs {logits.shape[1]} classes but num_classes is {classes}; "
                              f"pass the dataset's number of classes")
         onehot = F.one_hot(targets, classes).to(logits.dtype)  # (B, C)
         if label_smoothing > 0:
@@ -50,7 +51,7 @@ def l1_parameters(model: nn.Module, which: str = "weight_bias") -> list[torch.Te
     """Parameters of the L1 term. "weight_bias": every parameter whose name contains "weight" or "bias"
     (norm layers included, as in the limit repository); "prunable": conv/linear weights; "all"."""
     if which not in L1_PARAM_SETS:
-        raise ValueError(f"l1_params must be one of {list(L1_PARAM_SETS)}, got {which!r}")
+        raise PrunelimitError(f"l1_params must be one of {list(L1_PARAM_SETS)}, got {which!r}")
     model = getattr(model, "module", model)  # DDP wrapper -> the model
     if which == "prunable":
         return [p for _, p in prunable_parameters(model)]

@@ -31,6 +31,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler, MultiStepLR
 
 from prunelimit.train.config import TrainConfig
+from prunelimit.errors import PrunelimitError
 
 
 def lr_factor(cfg: TrainConfig, epoch: int, iteration: int = 0, iters_per_epoch: int = 1) -> float:
@@ -55,7 +56,7 @@ class LRSchedule:
 
     def __init__(self, optimizer: Optimizer, cfg: TrainConfig, iters_per_epoch: int):
         if iters_per_epoch < 1:
-            raise ValueError(f"the training loader yields {iters_per_epoch} batches per epoch; it needs at least "
+            raise PrunelimitError(f"the training loader yields {iters_per_epoch} batches per epoch; it needs at least "
                              f"one (is the dataset smaller than the per-rank batch size with drop_last?)")
         self.cfg = cfg
         self.iters_per_epoch = iters_per_epoch
@@ -91,7 +92,7 @@ class LRSchedule:
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("iters_per_epoch") != self.iters_per_epoch or len(state.get("stages", ())) != len(self._stages):
-            raise ValueError(f"the checkpoint's schedule was built for {state.get('iters_per_epoch')} iterations per "
+            raise PrunelimitError(f"the checkpoint's schedule was built for {state.get('iters_per_epoch')} iterations per "
                              f"epoch, this loader has {self.iters_per_epoch}; resume with the same data and "
                              f"batch size, or start a new run (resume=False or another run_dir)")
         for (scheduler, _), sd in zip(self._stages, state["stages"]):

@@ -18,6 +18,7 @@ from prunelimit import dist
 from prunelimit.runs.checkpoint import CheckpointError, load_checkpoint_file
 from prunelimit.runs.io import atomic_torch_save
 from prunelimit.train.config import TrainConfig
+from prunelimit.errors import PrunelimitError
 
 LAST_CHECKPOINT = "checkpoint_last.pth.tar"
 BEST_CHECKPOINT = "model_best.pth.tar"
@@ -90,7 +91,7 @@ def find_resume_checkpoint(run_dir: Path | None, resume: bool, device: torch.dev
     if int(seen) == 0:
         return None
     if int(seen) != dist.world_size():
-        raise ValueError(f"{str(path)!r} exists on {int(seen)} of {dist.world_size()} processes; run_dir must be on "
+        raise PrunelimitError(f"{str(path)!r} exists on {int(seen)} of {dist.world_size()} processes; run_dir must be on "
                          f"a filesystem shared by all ranks to resume, or pass resume=False")
     return path
 
@@ -107,6 +108,6 @@ def load_last(path: Path, cfg: TrainConfig) -> dict[str, Any]:
     changed = [k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
-        raise ValueError(f"cannot resume from {str(path)!r}: the train config changed ({diffs}); "
+        raise PrunelimitError(f"cannot resume from {str(path)!r}: the train config changed ({diffs}); "
                          f"use the original settings, a new run_dir, or resume=False to start over")
     return state

@@ -1,0 +1,71 @@
+"""How the CLI ends: user errors in one line, bugs with their traceback, signals and closed pipes."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from prunelimit import PrunelimitError
+from prunelimit.cli import commands
+from prunelimit.cli.main import main
+from prunelimit.config import ConfigError
+from prunelimit.data import UnsafePickleError
+from prunelimit.runs.checkpoint import CheckpointError
+from prunelimit.train.loop import TrainingDiverged
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.mark.parametrize("cls", [ConfigError, CheckpointError, UnsafePickleError, TrainingDiverged])
+def test_user_error_classes_share_the_base_and_stay_value_errors(cls):
+    assert issubclass(cls, PrunelimitError) and issubclass(cls, ValueError)
+
+
+def test_a_user_error_is_one_line_with_exit_2(monkeypatch, capsys):
+    def bad_input(args, argv):
+        raise PrunelimitError("config 'x.yaml': train.lr must be > 0; got -1")
+
+    monkeypatch.setitem(commands.COMMANDS, "ls", bad_input)
+    assert main(["ls"]) == 2
+    assert capsys.readouterr().err == "error: config 'x.yaml': train.lr must be > 0; got -1\n"
+
+
+def test_a_plain_value_error_is_a_bug_and_keeps_its_traceback(monkeypatch, capsys):
+    def internal_bug(args, argv):
+        raise ValueError("shapes (3,) and (4,) do not match")
+
+    monkeypatch.setitem(commands.COMMANDS, "ls", internal_bug)
+    assert main(["ls"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "internal_bug" in err
+    assert "ValueError: shapes (3,) and (4,) do not match" in err
+    assert err.strip().splitlines()[-1].startswith("this is a bug in prunelimit")
+    assert "error: " not in err
+
+
+def test_sigterm_stops_like_ctrl_c_with_the_resume_message(monkeypatch, capsys):
+    def killed(args, argv):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts this
+        raise AssertionError("SIGTERM was not delivered")
+
+    monkeypatch.setitem(commands.COMMANDS, "ls", killed)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["ls"]) == 143
+    assert "run the same command again to resume" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_closed_pipe_exits_quietly():
+    env = {**os.environ, "PYTHONPATH": SRC}
+    proc = subprocess.Popen([sys.executable, "-m", "prunelimit", "ls"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # like `| head` that has read enough
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert err == ""
