@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 
 import pytest
@@ -207,8 +208,17 @@ def test_run_embedded_default_small(tmp_path, capsys):
     for name in ("sweep.csv", "result.json", "result.txt", "spectrum.json", "density.csv", "sweep.png",
                  "gaussian_width.png", "spectral_density.png"):
         assert (lim / name).exists(), name
-    assert len((lim / "result.txt").read_text().splitlines()) == 3
-    assert len(rows(lim / "sweep.csv")) == 100
+    txt = (lim / "result.txt").read_text().splitlines()
+    assert len(txt) == 4 and txt[3].startswith("conventions: loss data, actual = rule above_baseline read as largest")
+    assert "loss convention: data loss" in text and "(std, ddof 0, of the per-batch train data loss)" in text
+    result = json.loads((lim / "result.json").read_text())
+    assert result["loss"] == "data" and result["epsilon_ddof"] == 0
+    assert result["actual"]["above_baseline"]["reading"] == "largest_passing"
+    table = rows(lim / "sweep.csv")
+    assert len(table) == 100
+    for r in table:   # the evaluator's loss is the data loss plus the L1 term, and the term shrinks with pruning
+        assert float(r["train_loss"]) == pytest.approx(float(r["train_data_loss"]) + float(r["l1_penalty"]), rel=1e-6)
+    assert float(table[0]["l1_penalty"]) > float(table[-1]["l1_penalty"]) > 0
     for method in ("gp", "gp_mt"):
         for name in ("prune_log.csv", "prunedmodel.pth.tar", "weight_mask.safetensors", "finetune_log.csv",
                      "model_best.pth.tar", "checkpoint_last.pth.tar"):

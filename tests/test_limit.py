@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from prunelimit.limit import (LimitConfig, MagnitudeOrdering, actual_limit, actual_limits, build_result,
-                              loss_epsilon, normalized_gaussian_width, predict_limit, write_result_files)
+from prunelimit.limit import (READINGS, LimitConfig, MagnitudeOrdering, RuleLimit, actual_limit, actual_limits,
+                              build_result, loss_epsilon, normalized_gaussian_width, predict_limit, rule_limit,
+                              rule_limits, write_result_files)
 
 
 # ---- width --------------------------------------------------------------------------------------------------
@@ -154,15 +155,18 @@ def test_loss_epsilon_is_std_of_batch_losses():
         loss_epsilon(model, [batches[0], batches[0]], nn.functional.mse_loss)
 
 
-# ---- actual rules -------------------------------------------------------------------------------------------
-def rows_from(acc, train_loss=None):
+# ---- actual rules ---------------------------------------------------------------------------------------------
+def rows_from(acc, train_loss=None, penalty=None):
+    """Hand-made sweep rows; ``train_loss`` is the DATA loss, ``penalty`` the L1 term (train_loss = their sum)."""
     ps = [i / 10 for i in range(len(acc))]
     tl = train_loss or [None] * len(acc)
-    return [{"prune_fraction": p, "test_acc": a, "train_loss": t} for p, a, t in zip(ps, acc, tl)]
+    pen = penalty or [0.0] * len(acc)
+    return [{"prune_fraction": p, "test_acc": a, "train_data_loss": t, "l1_penalty": q,
+             "train_loss": None if t is None else t + q} for p, a, t, q in zip(ps, acc, tl, pen)]
 
 
 def test_actual_rules_on_hand_made_rows():
-    rows = rows_from([90.0, 90.5, 89.5, 90.2, 88.7, 80.0], [0.10, 0.11, 0.13, 0.12, 0.2, 1.0])
+    rows = rows_from([90.0, 90.5, 89.5, 90.2, 88.7, 80.0, 70.0], [0.10, 0.11, 0.13, 0.12, 0.2, 1.0, 2.0])
     assert actual_limit(rows, "above_baseline") == 0.3          # largest anywhere strictly above 90
     assert actual_limit(rows, "acc_drop", delta=1.0) == 0.3     # 0.4 drops 1.3 points
     assert actual_limit(rows, "acc_drop", delta=0.4) == 0.1     # 0.2 drops 0.5: first failure
@@ -175,10 +179,56 @@ def test_actual_rules_on_hand_made_rows():
     assert actual_limits(rows, delta=1.0)["loss_increase"] is None
 
 
-def test_above_baseline_never_strictly_exceeded_gives_zero():
+def test_both_readings_of_every_rule():
+    # accuracy dips at 0.2 and recovers at 0.3; the train data loss likewise
+    rows = rows_from([90.0, 90.5, 89.5, 90.2, 88.7, 80.0, 70.0], [0.10, 0.11, 0.13, 0.12, 0.2, 1.0, 2.0])
+    expect = {("above_baseline", "first_failure"): 0.1, ("above_baseline", "largest_passing"): 0.3,
+              ("acc_drop", "first_failure"): 0.1, ("acc_drop", "largest_passing"): 0.3,
+              ("loss_increase", "first_failure"): 0.1, ("loss_increase", "largest_passing"): 0.3}
+    limits = rule_limits(rows, delta=0.4, epsilon=0.025)
+    for (rule, reading), p in expect.items():
+        assert limits[rule][reading] == RuleLimit(rule, reading, p)
+        assert actual_limit(rows, rule, reading=reading, delta=0.4, epsilon=0.025) == p
+    # "default": the original's reading for the original rule, first failure for the others
+    assert actual_limits(rows, delta=0.4, epsilon=0.025) == {"above_baseline": 0.3, "acc_drop": 0.1,
+                                                            "loss_increase": 0.1}
+    assert actual_limits(rows, delta=0.4, epsilon=0.025, reading="largest_passing") == {
+        "above_baseline": 0.3, "acc_drop": 0.3, "loss_increase": 0.3}
+    with pytest.raises(ValueError, match="reading 'last'"):
+        actual_limit(rows, "acc_drop", reading="last", delta=1.0)
+
+
+def test_rule_that_never_holds_or_never_fails_is_null_with_a_reason():
+    # accuracy never strictly above the unpruned 90 %: the original printed 0.0 here
     rows = rows_from([90.0, 90.0, 89.0, 90.0, 85.0])
-    assert actual_limit(rows, "above_baseline") == 0.0
+    for reading in READINGS:
+        lim = rule_limit(rows, "above_baseline", reading=reading)
+        assert lim.prune_fraction is None and "never holds" in lim.reason and lim.lower_bound is None
     assert actual_limit(rows, "acc_drop", delta=1.0) == 0.3
+    # accuracy within 1 point everywhere: the limit lies beyond the grid, and the answer says so
+    flat = rows_from([90.0, 89.8, 89.5, 89.3, 89.9])
+    for reading in READINGS:
+        lim = rule_limit(flat, "acc_drop", reading=reading, delta=1.0)
+        assert lim.prune_fraction is None and lim.lower_bound == 0.4 and "not reached on the grid" in lim.reason
+    lim = rule_limit(flat, "above_baseline", reading="first_failure")
+    assert lim.prune_fraction is None and "already at p = 0.1" in lim.reason
+
+
+def test_loss_rule_uses_the_declared_loss():
+    # the L1 term shrinks as weights go: the regularised loss FALLS with pruning while the data loss rises
+    data = [0.10, 0.11, 0.20, 0.50, 1.50, 3.0]
+    penalty = [0.60, 0.50, 0.38, 0.25, 0.12, 0.0]
+    rows = rows_from([90.0, 89.0, 85.0, 70.0, 40.0, 10.0], data, penalty)
+    assert actual_limit(rows, "loss_increase", epsilon=0.05) == 0.1                   # data loss: 0.2 > 0.15
+    reg = rule_limit(rows, "loss_increase", epsilon=0.05, loss="regularized")          # 0.70, 0.61, 0.58, ...
+    assert reg.prune_fraction == 0.3 and reg.reason is None                            # 0.5 + 0.25 > 0.75
+    assert rule_limits(rows, epsilon=0.05, loss="regularized")["loss_increase"]["first_failure"] == reg
+    with pytest.raises(ValueError, match="loss convention 'l1'"):
+        actual_limit(rows, "loss_increase", epsilon=0.05, loss="l1")
+    old = [{k: v for k, v in r.items() if k != "train_data_loss"} for r in rows]   # a table from before
+    with pytest.raises(ValueError, match="before the data-loss columns existed"):
+        actual_limit(old, "loss_increase", epsilon=0.05)
+    assert actual_limit(old, "loss_increase", epsilon=0.05, loss="regularized") == 0.3
 
 
 def test_actual_rule_errors():
@@ -199,11 +249,13 @@ def test_actual_rule_errors():
 def test_limit_config_defaults_and_errors():
     cfg = LimitConfig()
     assert cfg.epsilon == "loss_std" and cfg.rule == "above_baseline" and cfg.sweep_points == 1000
+    assert cfg.loss == "data" and cfg.reading == "default" and cfg.epsilon_ddof == 0   # ddof 0 = the original's np.std
     assert LimitConfig(epsilon=0.05, rule="acc_drop", delta=0.5).epsilon == 0.05
     for kwargs, key in [(dict(epsilon="std"), "epsilon"), (dict(epsilon=-1.0), "epsilon"), (dict(epsilon=True), "epsilon"),
                         (dict(rule="max"), "rule"), (dict(delta=-1), "delta"), (dict(integer_R="yes"), "integer_R"),
                         (dict(sweep_points=1), "sweep_points"), (dict(sweep_points=10.0), "sweep_points"),
-                        (dict(adaptive=1), "adaptive"), (dict(adaptive=True, coarse_points=5000), "coarse_points"), (dict(coarse_points=1), "coarse_points")]:
+                        (dict(adaptive=1), "adaptive"), (dict(loss="l1"), "loss"), (dict(reading="first"), "reading"),
+                        (dict(epsilon_ddof=2), "epsilon_ddof"), (dict(epsilon_ddof=True), "epsilon_ddof"), (dict(adaptive=True, coarse_points=5000), "coarse_points"), (dict(coarse_points=1), "coarse_points")]:
         with pytest.raises(ValueError, match=f"limit.{key}"):
             LimitConfig(**kwargs)
 
@@ -218,21 +270,42 @@ def test_result_files_three_lines_and_both_conventions(tmp_path):
     write_result_files(tmp_path, result)
     lines = (tmp_path / "result.txt").read_text().splitlines()
     assert lines == ["important ev rate: 0.03", f"predicted maximum pruning ratio: {pred.limit!r}",
-                     "actual maximum pruning ratio: 0.42"]
+                     "actual maximum pruning ratio: 0.42",
+                     "conventions: loss data, actual = rule above_baseline read as largest_passing"]
     data = json.loads((tmp_path / "result.json").read_text())
+    assert data["loss"] == "data" and data["reading"] == "default"
     assert data["predicted"]["prune_fraction"] == pred.limit
     assert data["predicted"]["keep_fraction"] == pytest.approx(1 - pred.limit)
-    assert data["actual"]["acc_drop"] == {"prune_fraction": 0.5, "keep_fraction": 0.5, "R": ordering.radius(0.5)}
+    assert {k: data["actual"]["acc_drop"][k] for k in ("prune_fraction", "keep_fraction", "R", "reading")} == {
+        "prune_fraction": 0.5, "keep_fraction": 0.5, "R": ordering.radius(0.5), "reading": "first_failure"}
     assert data["actual"]["loss_increase"]["prune_fraction"] is None
     assert data["eps"] == 0.05 and data["important_ev_rate"] == 0.03
-    none = build_result(predict_limit([1.0], [1.0], 0.1, lambda p: p, flat_fraction=1.0), {"above_baseline": 0.0})
-    write_result_files(tmp_path / "b", none)
-    assert (tmp_path / "b" / "result.txt").read_text().splitlines()[1:] == [
-        "predicted maximum pruning ratio: None", "actual maximum pruning ratio: 0.0"]
     with pytest.raises(ValueError, match="missing keys"):
         write_result_files(tmp_path, {"eps": 1.0})
     with pytest.raises(ValueError, match="unknown rules"):
         build_result(pred, {"best": 0.3})
+
+
+def test_result_reports_null_with_reason_and_every_reading(tmp_path):
+    rows = rows_from([90.0, 90.0, 89.0, 89.5, 85.0, 80.0], [0.1, 0.12, 0.2, 0.11, 0.5, 1.0], [0.5, 0.4, 0.3, 0.2, 0.1, 0])
+    limits = rule_limits(rows, delta=1.0, epsilon=0.05, loss="regularized")
+    none = build_result(predict_limit([1.0], [1.0], 0.1, lambda p: p, flat_fraction=1.0), limits,
+                        loss="regularized", reading="largest_passing")
+    write_result_files(tmp_path, none)
+    text = (tmp_path / "result.txt").read_text().splitlines()
+    assert text[1:3] == ["predicted maximum pruning ratio: None", "actual maximum pruning ratio: None"]  # never 0.0
+    assert text[3].startswith("conventions: loss regularized, actual = rule above_baseline read as largest_passing "
+                              "(no limit: never holds")
+    data = json.loads((tmp_path / "result.json").read_text())
+    assert data["loss"] == "regularized"
+    ab = data["actual"]["above_baseline"]
+    assert ab["prune_fraction"] is None and ab["reason"].startswith("never holds")
+    assert set(ab["readings"]) == set(READINGS)
+    assert data["actual"]["acc_drop"]["prune_fraction"] == 0.3                          # largest passing
+    assert data["actual"]["acc_drop"]["readings"]["first_failure"]["prune_fraction"] == 0.3
+    # regularised losses 0.6, 0.52, 0.5, 0.31, 0.6, 1.0 against 0.6 + 0.05: the L1 term hides the rise to p = 0.4
+    assert data["actual"]["loss_increase"]["prune_fraction"] == 0.4
+    assert rule_limit(rows, "loss_increase", epsilon=0.05).prune_fraction == 0.1           # data loss: 0.2 > 0.15
 
 
 def test_plots_write_png(tmp_path):

@@ -39,7 +39,7 @@ def test_fc_cifar10_l1_original_config_end_to_end(tmp_path, capsys):
     lim = out / "limit"
     lines = (lim / "result.txt").read_text().splitlines()
     assert [ln.split(":")[0] for ln in lines] == ["important ev rate", "predicted maximum pruning ratio",
-                                                  "actual maximum pruning ratio"]
+                                                  "actual maximum pruning ratio", "conventions"]
     result = json.loads((lim / "result.json").read_text())
     # q comes from 5 sampled Hessian rows, so it is a multiple of 0.2
     assert abs(result["important_ev_rate"] * 5 - round(result["important_ev_rate"] * 5)) < 1e-9

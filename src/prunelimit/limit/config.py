@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from prunelimit.limit.rules import RULES
+from prunelimit.limit.rules import LOSSES, READINGS, RULES
 from prunelimit.errors import PrunelimitError
 
 EPSILON_MODES = ("loss_std",)
@@ -13,7 +13,10 @@ EPSILON_MODES = ("loss_std",)
 @dataclass
 class LimitConfig:
     epsilon: float | str = "loss_std"   # loss tolerance: "loss_std" (std of per-batch train loss at w*) or a number > 0
-    rule: str = "above_baseline"        # actual limit printed in result.txt: above_baseline | acc_drop | loss_increase
+    epsilon_ddof: int = 0               # "loss_std" divisor n - ddof: 0 = np.std as in the original, 1 = sample std
+    loss: str = "data"                  # loss of epsilon, the Hessian and the loss rule: data (criterion only) | regularized (+ L1 term)
+    rule: str = "above_baseline"        # headline actual limit: above_baseline (result.txt's) | acc_drop | loss_increase
+    reading: str = "default"            # how every rule becomes one p: first_failure | largest_passing | default (the original's for above_baseline, first_failure otherwise)
     delta: float = 1.0                  # allowed test-accuracy drop, in points, for the acc_drop rule
     integer_R: bool = False             # True: round R to integers like the original (wrong when R < 1)
     sweep_points: int = 1000            # grid i/sweep_points, i = 0..sweep_points-1 (the original's sparse_epoch)
@@ -28,6 +31,15 @@ class LimitConfig:
         elif isinstance(self.epsilon, bool) or not isinstance(self.epsilon, (int, float)) \
                 or not (math.isfinite(self.epsilon) and self.epsilon > 0):
             raise PrunelimitError(f"limit.epsilon must be 'loss_std' or a finite number > 0; got {self.epsilon!r}")
+        if isinstance(self.epsilon_ddof, bool) or self.epsilon_ddof not in (0, 1):
+            raise PrunelimitError(f"limit.epsilon_ddof must be 0 (np.std, the original's) or 1 (sample std); "
+                             f"got {self.epsilon_ddof!r}")
+        if self.loss not in LOSSES:
+            raise PrunelimitError(f"limit.loss: {self.loss!r} is not known; use 'data' (the criterion alone, the default) "
+                             f"or 'regularized' (criterion + the L1 training term, as the original)")
+        if self.reading != "default" and self.reading not in READINGS:
+            raise PrunelimitError(f"limit.reading: {self.reading!r} is not known; use first_failure, largest_passing or "
+                             f"default")
         if self.rule not in RULES:
             raise PrunelimitError(f"limit.rule: {self.rule!r} is not a limit rule; choose one of {', '.join(RULES)}")
         if isinstance(self.delta, bool) or not isinstance(self.delta, (int, float)) \

@@ -79,11 +79,18 @@ def _draw_sweep(ax_acc, ax_loss, p, rows, prediction, actual, label: bool) -> No
         y = _column(rows, key)
         if np.isfinite(y).any():
             ax_acc.plot(p, y, color=color, lw=1.2, label=f"{name} accuracy")
-    for key, color, name in (("test_loss", "tab:blue", "test"), ("train_loss", "black", "train")):
-        y = _column(rows, key)
+    # the data loss (criterion alone); tables from before that column existed only have the evaluator's loss
+    have_data = np.isfinite(_column(rows, "test_data_loss")).any()
+    suffix, plotted = ("data loss", "_data_loss") if have_data else ("loss", "_loss")
+    for split, color in (("test", "tab:blue"), ("train", "black")):
+        y = _column(rows, split + plotted)
         if np.isfinite(y).any():
-            ax_loss.plot(p, y, color=color, lw=1.2, label=f"{name} loss")
-    losses = np.concatenate([_column(rows, "test_loss"), _column(rows, "train_loss")])
+            ax_loss.plot(p, y, color=color, lw=1.2, label=f"{split} {suffix}")
+    penalty = _column(rows, "l1_penalty")
+    reg = _column(rows, "train_loss")
+    if have_data and np.isfinite(penalty).any() and np.nanmax(penalty) > 0 and np.isfinite(reg).any():
+        ax_loss.plot(p, reg, color="grey", lw=0.8, ls=":", label="train data loss + L1 term (regularised)")
+    losses = np.concatenate([_column(rows, "test" + plotted), _column(rows, "train" + plotted)])
     losses = losses[np.isfinite(losses)]
     if losses.size and losses.min() > 0 and losses.max() / losses.min() > 5:
         ax_loss.set_yscale("log")   # pruning near 1 blows the loss up by orders of magnitude
@@ -99,9 +106,11 @@ def _draw_sweep(ax_acc, ax_loss, p, rows, prediction, actual, label: bool) -> No
 
 
 def plot_sweep(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], prediction: Prediction | None = None,
-               actual: Mapping[str, float | None] | float | None = None) -> Path | None:
-    """Accuracy (top) and loss (bottom) versus prune fraction for test and train, limits marked; when the
-    limits sit near p = 1 (the usual case), a second column zooms in on them."""
+               actual: Mapping[str, float | None] | float | None = None, *, conventions: str | None = None
+               ) -> Path | None:
+    """Accuracy (top) and data loss (bottom) versus prune fraction for test and train, limits marked; when
+    the limits sit near p = 1 (the usual case), a second column zooms in on them. ``conventions`` (e.g.
+    ``results.conventions_line(result)``) becomes the figure's title."""
     if not rows:
         raise PrunelimitError("plot_sweep needs sweep rows; run run_sweep first")
     rows = sorted(rows, key=lambda r: float(r["prune_fraction"]))
@@ -119,6 +128,8 @@ def plot_sweep(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], predi
         _draw_sweep(axes[0, 1], axes[1, 1], p[sel], zoom_rows, prediction, actual, label=False)
         axes[0, 1].set_title(f"zoom: p >= {lo:.3f}", fontsize=9)
         axes[0, 1].set_xlim(lo, float(p.max()) + 0.002)
+    if conventions:
+        fig.suptitle(conventions, fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -7,13 +7,14 @@ from typing import Any, Mapping
 
 from prunelimit import dist
 from prunelimit.limit.ordering import MagnitudeOrdering
-from prunelimit.limit.rules import RULES
+from prunelimit.limit.rules import DEFAULT_READING, READINGS, RULES, RuleLimit, check_loss, check_reading
 from prunelimit.limit.width import Prediction
 from prunelimit.runs.io import atomic_write_text, write_json
 from prunelimit.errors import PrunelimitError
 
 ORIGINAL_RULE = "above_baseline"   # the rule behind line 3 of the original's result.txt
 _REQUIRED = ("important_ev_rate", "eps", "predicted", "actual", "rule")
+Limits = Mapping[str, "Mapping[str, RuleLimit] | RuleLimit | float | None"]
 
 
 def _both(p: float | None, ordering: MagnitudeOrdering | None) -> dict[str, float | None]:
@@ -22,26 +23,59 @@ def _both(p: float | None, ordering: MagnitudeOrdering | None) -> dict[str, floa
             "R": None if p is None or ordering is None else ordering.radius(p)}
 
 
-def build_result(prediction: Prediction, actual: Mapping[str, float | None], *, rule: str = ORIGINAL_RULE,
-                 ordering: MagnitudeOrdering | None = None, delta: float | None = None,
+def _entry(limit: RuleLimit, ordering: MagnitudeOrdering | None) -> dict[str, Any]:
+    return {**_both(limit.prune_fraction, ordering), "reading": limit.reading, "reason": limit.reason,
+            "lower_bound": limit.lower_bound}
+
+
+def _by_reading(rule: str, value) -> dict[str, RuleLimit]:
+    """``rule_limits``' ``{reading: RuleLimit}``, or a bare number / None (taken as the default reading)."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, RuleLimit):
+        return {value.reading: value}
+    reading = DEFAULT_READING[rule]
+    return {reading: RuleLimit(rule, reading, None if value is None else float(value),
+                               None if value is not None else "not computed")}
+
+
+def build_result(prediction: Prediction, actual: Limits, *, rule: str = ORIGINAL_RULE, reading: str = "default",
+                 loss: str = "data", ordering: MagnitudeOrdering | None = None, delta: float | None = None,
                  extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The JSON-ready result: predicted and every actual limit as prune_fraction AND keep_fraction.
 
-    ``actual`` is ``actual_limits(...)`` (rule -> prune fraction or None); ``rule`` names the headline rule."""
+    ``actual`` is ``rule_limits(...)`` (rule -> {reading -> RuleLimit}; or rule -> prune fraction / None
+    as ``actual_limits`` gives). ``rule`` names the headline rule, ``reading`` the reading reported for
+    every rule ("default": each rule's own), ``loss`` the loss convention of epsilon, the Hessian and the
+    loss rule. ``actual[rule]`` holds the chosen reading's limit, its ``reason`` when it is None, and
+    ``readings`` with every reading computed."""
     if rule not in RULES:
         raise PrunelimitError(f"rule {rule!r} is not a limit rule; choose one of {', '.join(RULES)}")
+    check_loss(loss)
     unknown = sorted(set(actual) - set(RULES))
     if unknown:
         raise PrunelimitError(f"actual limits name unknown rules {unknown}; expected keys among {', '.join(RULES)}")
     predicted = _both(prediction.limit, None)
     predicted.update(R=prediction.R_at_limit, g=prediction.g_at_limit, reason=prediction.reason)
+    table: dict[str, Any] = {}
+    for r in RULES:
+        if r not in actual:
+            continue
+        by = _by_reading(r, actual[r])
+        chosen = check_reading(r, reading)
+        if chosen not in by:
+            raise PrunelimitError(f"actual limits for rule {r!r} lack the {chosen!r} reading; pass rule_limits(...)")
+        table[r] = {**_entry(by[chosen], ordering),
+                    "readings": {rd: _entry(by[rd], ordering) for rd in READINGS if rd in by}}
     result = {
         "important_ev_rate": prediction.flat_fraction,   # q, the original's line 1
         "eps": prediction.eps,
         "integer_R": prediction.integer_R,
+        "loss": loss,
         "predicted": predicted,
-        "actual": {r: _both(actual.get(r), ordering) for r in RULES if r in actual},
+        "actual": table,
         "rule": rule,
+        "reading": reading,
         "delta": delta,
         "result_txt_rule": ORIGINAL_RULE,
         "num_weights": None if ordering is None else ordering.num_weights,
@@ -51,16 +85,32 @@ def build_result(prediction: Prediction, actual: Mapping[str, float | None], *, 
     return result
 
 
+LOSS_WORDS = {"data": "data loss (the criterion, without the L1 term)",
+              "regularized": "regularised loss (criterion + lambda * ||theta||_1, as the original)"}
+
+
+def conventions_line(result: Mapping[str, Any]) -> str:
+    """One line naming the conventions behind ``result``: loss, each rule's reading, epsilon's ddof."""
+    readings = ", ".join(f"{r} {v.get('reading')}" for r, v in result.get("actual", {}).items())
+    ddof = result.get("epsilon_ddof")
+    return (f"loss: {result.get('loss', 'data')}; readings: {readings or '-'}"
+            + ("" if ddof is None else f"; eps ddof {ddof}"))
+
+
 def _txt(v: float | None) -> str:
     return "None" if v is None else repr(float(v))
 
 
 def result_txt(result: Mapping[str, Any]) -> str:
-    """The original's three labelled lines (all values are prune fractions = the original's "pruning ratio")."""
+    """The original's three labelled lines (all values are prune fractions = the original's "pruning ratio"),
+    then one line naming the conventions behind them (the original's reader reads the first three)."""
     actual = result["actual"].get(ORIGINAL_RULE) or {}
+    reading = actual.get("reading") or DEFAULT_READING[ORIGINAL_RULE]
     return (f"important ev rate: {_txt(result['important_ev_rate'])}\n"
             f"predicted maximum pruning ratio: {_txt(result['predicted']['prune_fraction'])}\n"
-            f"actual maximum pruning ratio: {_txt(actual.get('prune_fraction'))}\n")
+            f"actual maximum pruning ratio: {_txt(actual.get('prune_fraction'))}\n"
+            f"conventions: loss {result.get('loss', 'data')}, actual = rule {ORIGINAL_RULE} read as {reading}"
+            + (f" (no limit: {actual['reason']})" if actual.get("reason") else "") + "\n")
 
 
 def write_result_files(out_dir: str | os.PathLike, result: Mapping[str, Any]) -> tuple[Path, Path] | None:

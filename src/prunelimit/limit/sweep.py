@@ -19,12 +19,17 @@ from tqdm.auto import tqdm
 
 from prunelimit import dist
 from prunelimit.limit.ordering import MagnitudeOrdering
-from prunelimit.limit.rules import RULES, rule_predicate
+from prunelimit.limit.rules import LOSS_COLUMN, check_reading, rule_limit, rule_predicate
 from prunelimit.runs.io import read_csv, write_csv
 from prunelimit.errors import PrunelimitError
 
 SWEEP_COLUMNS = ("prune_fraction", "keep_fraction", "kept_weights", "pruned_weights", "R",
-                 "test_loss", "test_acc", "train_loss", "train_acc")
+                 "test_loss", "test_acc", "train_loss", "train_acc",
+                 "train_data_loss", "test_data_loss", "l1_penalty")
+# test_loss / train_loss are the evaluator's "loss" (with the L1 term when the model was trained with one,
+# as the original reports); *_data_loss the criterion alone; l1_penalty = lambda * ||theta||_1 at that p.
+# Tables written before the last three columns existed still load (those values are None).
+LOSS_COLUMNS = ("train_data_loss", "test_data_loss", "l1_penalty")
 
 Evaluate = Callable[[nn.Module], Mapping[str, Any]]
 
@@ -51,8 +56,10 @@ def check_grid(fractions: Sequence[float]) -> list[float]:
     return grid
 
 
-def _metrics(result: Mapping[str, Any], which: str) -> tuple[float, float]:
-    """(loss, accuracy in percent) from an evaluate() result."""
+def _metrics(result: Mapping[str, Any], which: str) -> tuple[float, float, float, float | None]:
+    """(loss, accuracy in percent, data loss, L1 penalty) from an evaluate() result.
+
+    An evaluator that reports no ``data_loss`` has no separate penalty: its loss is the data loss."""
     if not isinstance(result, Mapping) or "loss" not in result or not ({"top1", "acc"} & result.keys()):
         got = sorted(result) if isinstance(result, Mapping) else type(result).__name__
         raise PrunelimitError(f"evaluate_{which} must return a dict with 'loss' and 'top1' (accuracy in percent); "
@@ -60,16 +67,28 @@ def _metrics(result: Mapping[str, Any], which: str) -> tuple[float, float]:
     acc = float(result["top1"] if "top1" in result else result["acc"])
     if not 0.0 <= acc <= 100.0:
         raise PrunelimitError(f"evaluate_{which} returned accuracy {acc}; accuracies are percentages in [0, 100]")
-    return float(result["loss"]), acc
+    loss = float(result["loss"])
+    if "data_loss" not in result:
+        penalty = result.get("l1_penalty")
+        return loss, acc, loss, None if penalty is None else float(penalty)
+    data_loss = float(result["data_loss"])
+    penalty = result.get("l1_penalty")
+    return loss, acc, data_loss, float(loss - data_loss if penalty is None else penalty)
 
 
 def _row(ordering: MagnitudeOrdering, p: float, k: int, test: Mapping, train: Mapping | None) -> dict:
-    test_loss, test_acc = _metrics(test, "test")
-    train_loss, train_acc = _metrics(train, "train") if train is not None else (None, None)
+    test_loss, test_acc, test_data, penalty = _metrics(test, "test")
+    train_loss, train_acc, train_data = _metrics(train, "train")[:3] if train is not None else (None, None, None)
     n = ordering.num_weights
     return {"prune_fraction": p, "keep_fraction": 1.0 - p, "kept_weights": n - k, "pruned_weights": k,
             "R": ordering.radius_of_count(k), "test_loss": test_loss, "test_acc": test_acc,
-            "train_loss": train_loss, "train_acc": train_acc}
+            "train_loss": train_loss, "train_acc": train_acc, "train_data_loss": train_data,
+            "test_data_loss": test_data, "l1_penalty": penalty}
+
+
+def has_loss_columns(rows: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether ``rows`` carry the data-loss columns (tables from before they existed do not)."""
+    return all(r.get("test_data_loss") is not None for r in rows)
 
 
 def _write(csv_path, rows: list[dict]) -> None:
@@ -80,12 +99,13 @@ def _write(csv_path, rows: list[dict]) -> None:
 def read_sweep_csv(csv_path) -> list[dict]:
     """The rows of a sweep table written by ``run_sweep``, typed (floats, int counts, None for blanks)."""
     raw = read_csv(csv_path)
-    if raw and set(SWEEP_COLUMNS) - raw[0].keys():
-        raise PrunelimitError(f"sweep table {str(csv_path)!r} lacks columns {sorted(set(SWEEP_COLUMNS) - raw[0].keys())};"
-                         f" it was not written by run_sweep: delete it or resume=False")
+    missing = sorted(set(SWEEP_COLUMNS) - set(LOSS_COLUMNS) - (raw[0].keys() if raw else set(SWEEP_COLUMNS)))
+    if missing:
+        raise PrunelimitError(f"sweep table {str(csv_path)!r} lacks columns {missing}; it was not written by run_sweep: "
+                         f"delete it or resume=False")
     rows = []
     for r in raw:
-        row = {c: (None if r[c] == "" else float(r[c])) for c in SWEEP_COLUMNS}
+        row = {c: (None if r.get(c, "") == "" else float(r[c])) for c in SWEEP_COLUMNS}
         row["kept_weights"], row["pruned_weights"] = int(row["kept_weights"]), int(row["pruned_weights"])
         rows.append(row)
     return rows
@@ -97,6 +117,8 @@ def _read_done(csv_path, ordering: MagnitudeOrdering) -> dict[int, dict]:
         return {}
     done = {}
     for row in read_sweep_csv(csv_path):
+        if row["test_data_loss"] is None:   # written before the data-loss columns: evaluate it again
+            continue
         if row["kept_weights"] + row["pruned_weights"] != ordering.num_weights:
             raise PrunelimitError(f"sweep table {str(csv_path)!r} was written for a model with "
                              f"{row['kept_weights'] + row['pruned_weights']} prunable weights, this one has "
@@ -169,21 +191,24 @@ def run_sweep(model: nn.Module, ordering: MagnitudeOrdering, fractions: Sequence
 def adaptive_limit_search(model: nn.Module, ordering: MagnitudeOrdering, evaluate_test: Evaluate, rule: str, *,
                           evaluate_train: Evaluate | None = None, coarse_points: int = 20, tol: float = 1 / 1000,
                           delta: float = 1.0, epsilon: float | None = None, baseline: float | None = None,
+                          reading: str | None = None, loss: str = "data",
                           show_progress: bool = True) -> tuple[float | None, list[dict]]:
-    """Find the actual limit of ``rule`` with a few dozen evaluations instead of a full sweep.
+    """Find the actual limit of ``rule`` (in ``reading``) with a few dozen evaluations instead of a full sweep.
 
     Works on the full grid's points i / M (M = round(1/tol), the grid ``default_grid(M)``): evaluates the
     coarse points round(j*M/coarse_points) plus the last grid point, brackets the limit between the last
-    coarse point that satisfies the rule and the next one that does not, and bisects that bracket on grid
-    indices. Assumption: the rule's predicate is monotone inside the bracket (true, then false). Then the
-    answer equals ``actual_limit`` on the full grid exactly. When it is not (accuracy that wiggles around
-    the threshold), the answer is still a grid point where the rule holds next to one where it fails, but
-    it may differ from the full grid's: a failure between two coarse points below the bracket is never
-    seen (first-failure rules can come out too high), and for ``above_baseline`` a satisfying point above
-    the bracket's failing end is missed. Returns ``(limit, rows)``, rows sorted by prune fraction.
+    coarse point that satisfies the rule (``largest_passing``: anywhere; ``first_failure``: before the
+    first failing coarse point) and the next one, and bisects that bracket on grid indices. Assumption:
+    the rule's predicate is monotone inside the bracket (true, then false); then the answer equals
+    ``rule_limit`` on the full grid exactly. When it is not (accuracy that wiggles around the threshold),
+    the answer is still a grid point where the rule holds next to one where it fails, but it may differ
+    from the full grid's: a failure between two coarse points below the bracket is never seen
+    (first_failure can come out too high), and for largest_passing a satisfying point above the bracket's
+    failing end is missed. Returns ``(limit, rows)``, rows sorted by prune fraction; the limit is read off
+    those rows with ``rule_limit`` (None when it never holds or still holds at the last grid point;
+    ``rule_limit(rows, ...)`` gives the reason).
     """
-    if rule not in RULES:
-        raise PrunelimitError(f"unknown limit rule {rule!r}; choose one of {', '.join(RULES)}")
+    reading = check_reading(rule, reading)
     if not 0 < tol <= 0.5:
         raise PrunelimitError(f"tol (the grid step) must be in (0, 0.5]; got {tol}")
     m = int(round(1 / tol))
@@ -212,17 +237,21 @@ def adaptive_limit_search(model: nn.Module, ordering: MagnitudeOrdering, evaluat
             bar.update(1)
         return cache[i]
 
+    def read() -> float | None:
+        return rule_limit([cache[i] for i in sorted(cache)], rule, reading=reading, baseline=baseline,
+                          delta=delta, epsilon=epsilon, loss=loss).prune_fraction
+
     try:
         base = row_at(0)
         ok = rule_predicate(rule, baseline=base["test_acc"] if baseline is None else baseline,
-                            baseline_loss=base["train_loss"], delta=delta, epsilon=epsilon)
+                            baseline_loss=base[LOSS_COLUMN[loss]], delta=delta, epsilon=epsilon, loss=loss)
         if rule != "above_baseline" and not ok(base):   # fails at p = 0 already (a user baseline): no limit
-            return None, [base]
+            return read(), [base]
         coarse = sorted({int(round(j * m / coarse_points)) for j in range(coarse_points)} | {m - 1})
-        # index 0 is the floor of every answer (the rules return 0 / the p = 0 row when nothing else holds).
-        if rule == "above_baseline":   # largest anywhere: every coarse point is needed
+        # index 0 is the floor of every bracket (above_baseline's p = 0 row is never tested against itself).
+        if reading == "largest_passing":   # largest anywhere: every coarse point is needed
             pos = max(j for j, i in enumerate(coarse) if i == 0 or ok(row_at(i)))
-        else:                          # before the first failure: stop at the first failing coarse point
+        else:                              # before the first failure: stop at the first failing coarse point
             pos = len(coarse) - 1
             for j, i in enumerate(coarse):
                 if i > 0 and not ok(row_at(i)):
@@ -236,8 +265,8 @@ def adaptive_limit_search(model: nn.Module, ordering: MagnitudeOrdering, evaluat
                 lo = mid
             else:
                 hi = mid
-        limit = lo / m
+        result = read()
     finally:
         bar.close()
         backup.restore()
-    return limit, [cache[i] for i in sorted(cache)]
+    return result, [cache[i] for i in sorted(cache)]

@@ -70,9 +70,9 @@ _SUBSET = ("prune.include", "prune.exclude")
 STAGE_KEYS = {
     "dense": _DENSE,
     "sweep": _DENSE + _SUBSET + ("limit.sweep_points", "limit.adaptive", "limit.coarse_points",
-                                 "limit.sweep_train", "limit.rule", "limit.delta"),
-    "spectrum": _DENSE + ("spectrum",),
-    "rows": _DENSE + _SUBSET + ("spectrum",),
+                                 "limit.sweep_train", "limit.rule", "limit.delta", "limit.reading", "limit.loss"),
+    "spectrum": _DENSE + ("spectrum", "limit.loss"),   # the Hessian is of the declared loss
+    "rows": _DENSE + _SUBSET + ("spectrum", "limit.loss"),
     "limit": _DENSE + _SUBSET + ("spectrum", "limit"),
     "prune": _DENSE + ("prune", "gp.sparsity_from"),
     "finetune": _DENSE + ("prune", "gp.sparsity_from", "finetune"),

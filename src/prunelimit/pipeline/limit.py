@@ -31,20 +31,25 @@ def sweep_stage(ctx: Context, model: nn.Module, data: Data, ordering) -> list[di
     cfg, out = ctx.cfg, ctx.run.sub("limit")
     csv_path = out / "sweep.csv"
     if ctx.run.stage_result("sweep", fingerprint(cfg, "sweep")) is not None:
-        say(f"sweep: finished earlier ({csv_path})")
-        from prunelimit.limit.sweep import read_sweep_csv
+        from prunelimit.limit.sweep import has_loss_columns, read_sweep_csv
 
-        return read_sweep_csv(csv_path)
+        rows = read_sweep_csv(csv_path)
+        if has_loss_columns(rows):
+            say(f"sweep: finished earlier ({csv_path})")
+            return rows
+        say(f"sweep: {csv_path} was written before the data-loss columns existed; evaluating it again")
     bs = cfg.train.batch_size
     test_eval = evaluator(cfg, eval_loader(cfg, data.test, bs, ctx.device), ctx.device, data.num_classes)
     train_eval = (evaluator(cfg, eval_loader(cfg, data.train_eval, bs, ctx.device), ctx.device, data.num_classes)
                   if cfg.limit.sweep_train else None)
     lc = cfg.limit
     if lc.adaptive:
-        say(f"adaptive limit search ({lc.coarse_points} coarse points, then bisection; rule {lc.rule})")
-        limit, rows = adaptive_limit_search(model, ordering, test_eval, lc.rule, evaluate_train=train_eval,
-                                            coarse_points=lc.coarse_points, tol=1 / lc.sweep_points,
-                                            delta=lc.delta, show_progress=cfg.show_progress)
+        say(f"adaptive limit search ({lc.coarse_points} coarse points, then bisection; rule {lc.rule}, "
+            f"reading {lc.reading}, loss {lc.loss})")
+        _, rows = adaptive_limit_search(model, ordering, test_eval, lc.rule, evaluate_train=train_eval,
+                                        coarse_points=lc.coarse_points, tol=1 / lc.sweep_points,
+                                        delta=lc.delta, reading=lc.reading, loss=lc.loss,
+                                        show_progress=cfg.show_progress)
         if dist.is_main():
             from prunelimit.limit.sweep import SWEEP_COLUMNS
 
@@ -59,15 +64,24 @@ def sweep_stage(ctx: Context, model: nn.Module, data: Data, ordering) -> list[di
 
 
 def hessian_setup(ctx: Context, model: nn.Module, data: Data):
-    """``(get_op, loss_fn, loader)``: a builder of the Hessian operator of the training loss (with the L1
-    term when trained with one), its loss and its batches."""
+    """``(get_op, loss_fn, loader)``: a builder of the Hessian operator of the declared loss
+    (``limit.loss``), that loss as ``loss_fn(output, target)`` and its batches.
+
+    ``data``: the criterion alone; the operator carries no L1 term at all (its Hessian is zero almost
+    everywhere, so back-propagating it through every HVP only costs time). ``regularized``: the criterion
+    plus lambda * ||theta||_1, as the original (same Hessian, and epsilon is unchanged by a constant shift)."""
     from prunelimit.spectrum import HessianOperator
     from prunelimit.train import l1_penalty, make_criterion
 
     cfg = ctx.cfg
     loss_fn = make_criterion(cfg.train, data.num_classes)
     t = cfg.train
-    regularizer = (lambda m: t.l1_lambda * l1_penalty(m, t.l1_params)) if t.l1_lambda > 0 else None
+    regularized = cfg.limit.loss == "regularized" and t.l1_lambda > 0
+    regularizer = (lambda m: t.l1_lambda * l1_penalty(m, t.l1_params)) if regularized else None
+    criterion = loss_fn
+    if regularized:
+        def loss_fn(output, target):   # noqa: F811 - the regularised per-batch loss, for epsilon
+            return criterion(output, target) + regularizer(model)
     limit_batches = None if cfg.data.use_full_data else 1
     loader = eval_loader(cfg, data.train_eval, t.batch_size, ctx.device, limit_batches=limit_batches,
                          evaluation=False)
@@ -76,7 +90,7 @@ def hessian_setup(ctx: Context, model: nn.Module, data: Data):
     def get_op():
         # built on first use only: building caches every batch's gradient graph, which a rerun whose
         # spectrum and rows stages already finished does not need
-        return HessianOperator(model, loss_fn, loader, regularizer=regularizer, device=ctx.device,
+        return HessianOperator(model, criterion, loader, regularizer=regularizer, device=ctx.device,
                                cache_graph=cfg.spectrum.cache_graph, show_progress=cfg.show_progress)
 
     return get_op, loss_fn, loader
@@ -148,9 +162,10 @@ def rows_stage(ctx: Context, model: nn.Module, get_op) -> float:
 
 def limit_stage(ctx: Context, model: nn.Module, data: Data, ordering, rows: list[dict], spectrum: dict,
                 q: float, loss_fn, loader) -> dict:
-    from prunelimit.limit import actual_limits, loss_epsilon, predict_limit
+    from prunelimit.limit import loss_epsilon, predict_limit, rule_limits
     from prunelimit.limit.plots import plot_sweep, plot_width
-    from prunelimit.limit.results import build_result, write_result_files
+    from prunelimit.limit.results import build_result, conventions_line, write_result_files
+    from prunelimit.limit.rules import LOSS_COLUMN
 
     cfg, out = ctx.cfg, ctx.run.sub("limit")
     done = ctx.run.stage_result("limit", fingerprint(cfg, "limit"))
@@ -158,8 +173,8 @@ def limit_stage(ctx: Context, model: nn.Module, data: Data, ordering, rows: list
         return read_json(out / "result.json")
     lc = cfg.limit
     if lc.epsilon == "loss_std":
-        eps, _ = loss_epsilon(model, loader, loss_fn, device=ctx.device)
-        eps_source = "std of the per-minibatch training loss at w*"
+        eps, _ = loss_epsilon(model, loader, loss_fn, device=ctx.device, ddof=lc.epsilon_ddof)
+        eps_source = (f"std (ddof {lc.epsilon_ddof}) of the per-minibatch training {lc.loss} loss at w*")
     else:
         eps, eps_source = float(lc.epsilon), "given (limit.epsilon)"
     if not (math.isfinite(eps) and eps > 0):
@@ -169,15 +184,17 @@ def limit_stage(ctx: Context, model: nn.Module, data: Data, ordering, rows: list
     weights = torch.tensor(spectrum["weights"], dtype=torch.float64)
     prediction = predict_limit(nodes, weights, eps, ordering, flat_fraction=q, integer_R=lc.integer_R)
     base = rows[0]
-    actual = actual_limits(rows, baseline=base["test_acc"], baseline_loss=base.get("train_loss"),
-                           delta=lc.delta, epsilon=eps)
-    result = build_result(prediction, actual, rule=lc.rule, ordering=ordering, delta=lc.delta,
-                          extra={"eps_source": eps_source, "baseline_test_acc": base["test_acc"],
-                                 "baseline_train_loss": base.get("train_loss"), "lanczos_iter": spectrum["lanczos_iter"],
-                                 "hessian_dim": spectrum["dim"]})
+    limits = rule_limits(rows, baseline=base["test_acc"], delta=lc.delta, epsilon=eps, loss=lc.loss)
+    result = build_result(prediction, limits, rule=lc.rule, reading=lc.reading, loss=lc.loss, ordering=ordering,
+                          delta=lc.delta,
+                          extra={"eps_source": eps_source, "epsilon_ddof": lc.epsilon_ddof,
+                                 "baseline_test_acc": base["test_acc"],
+                                 "baseline_train_loss": base.get(LOSS_COLUMN[lc.loss]),
+                                 "lanczos_iter": spectrum["lanczos_iter"], "hessian_dim": spectrum["dim"]})
+    actual = {r: v["prune_fraction"] for r, v in result["actual"].items()}
     if dist.is_main():
         write_result_files(out, result)
-        plot_sweep(out / "sweep.png", rows, prediction, actual)
+        plot_sweep(out / "sweep.png", rows, prediction, actual, conventions=conventions_line(result))
         plot_width(out / "gaussian_width.png", prediction, ordering)
     ctx.run.mark_done("limit", {"predicted": prediction.limit}, fingerprint(cfg, "limit"))
     return result

@@ -8,9 +8,46 @@ from prunelimit.runs.io import atomic_write_text, read_json, write_json
 from prunelimit.errors import PrunelimitError
 
 TITLES = {"gp": "GP", "gp_mt": "GP+MT"}
-RULE_TITLES = {"above_baseline": "largest p with test acc > unpruned (original rule)",
-               "acc_drop": "test acc drop <= delta at every p' <= p",
-               "loss_increase": "train loss <= L(w*) + eps at every p' <= p"}
+RULE_CONDITIONS = {"above_baseline": "test acc > unpruned",
+                   "acc_drop": "test acc drop <= {delta}",
+                   "loss_increase": "train {loss} loss <= L(w*) + eps"}
+LOSS_WORDS = {"data": "data loss = the criterion alone, without the L1 term",
+              "regularized": "regularised loss = criterion + lambda * ||theta||_1, as the original"}
+
+
+def rule_title(rule: str, reading: str | None, *, delta=None, loss: str = "data") -> str:
+    """The words for one rule in one reading, e.g. "largest p with test acc > unpruned (original rule)"."""
+    points = "delta points" if delta is None else f"{delta:g} point" + ("" if delta == 1 else "s")
+    cond = RULE_CONDITIONS.get(rule, rule).format(delta=points, loss=loss)
+    text = f"largest p with {cond}" if reading == "largest_passing" else f"{cond} at every p' <= p"
+    return text + (" (original rule)" if rule == "above_baseline" else "")
+
+
+def _limit_lines(lim: dict) -> list[str]:
+    pred, loss, delta = lim["predicted"], lim.get("loss", "data"), lim.get("delta")
+    actual = lim.get("actual", {})
+    table = [("predicted (Gaussian width fixed point)", pred)]
+    table += [(f"actual: {rule_title(rule, v.get('reading'), delta=delta, loss=loss)}", v) for rule, v in actual.items()]
+    width = max(len(label) for label, _ in table)
+    lines = ["", f"{'How sparse can it be pruned?':<{width + 2}}  prune fraction  keep fraction"]
+    for label, v in table:
+        lines.append(f"  {label:<{width}}  {_frac(v.get('prune_fraction')):>14}  {_frac(v.get('keep_fraction')):>13}")
+    if pred.get("prune_fraction") is None and pred.get("reason"):
+        lines.append(f"    (no prediction: {pred['reason']})")
+    for rule, v in actual.items():
+        if v.get("prune_fraction") is None and v.get("reason"):
+            lines.append(f"    ({rule}, {v.get('reading')}: no limit - {v['reason']})")
+    others = [f"{rule} {rd} {_frac(o.get('prune_fraction')) if o.get('prune_fraction') is not None else 'none'}" for rule, v in actual.items()
+              for rd, o in (v.get("readings") or {}).items()
+              if rd != v.get("reading") and o.get("prune_fraction") != v.get("prune_fraction")]
+    if others:
+        lines.append(f"  other reading: {'; '.join(others)}")
+    ddof = lim.get("epsilon_ddof")
+    lines.append(f"  eps {lim.get('eps', 0):.4g}" + ("" if ddof is None else f" (std, ddof {ddof}, of the per-batch "
+                                                          f"train {loss} loss)")
+                 + f", flat fraction q {lim.get('important_ev_rate', 0):.2f}")
+    lines.append(f"  loss convention: {LOSS_WORDS.get(loss, loss)}")
+    return lines
 
 
 def _pct(v) -> str:
@@ -28,17 +65,7 @@ def summary_lines(s: dict) -> list[str]:
         lines.append(f"  dense model ({dense.get('source')}): test top-1 {_pct(dense.get('test_top1'))}")
     lim = s.get("limit")
     if lim:
-        pred = lim["predicted"]
-        lines.append("")
-        table = [("predicted (Gaussian width fixed point)", pred)]
-        table += [(f"actual: {RULE_TITLES.get(rule, rule)}", v) for rule, v in lim.get("actual", {}).items()]
-        width = max(len(label) for label, _ in table)
-        lines.append(f"{'How sparse can it be pruned?':<{width + 2}}  prune fraction  keep fraction")
-        for label, v in table:
-            lines.append(f"  {label:<{width}}  {_frac(v.get('prune_fraction')):>14}  {_frac(v.get('keep_fraction')):>13}")
-        if pred.get("prune_fraction") is None and pred.get("reason"):
-            lines.append(f"    (no prediction: {pred['reason']})")
-        lines.append(f"  eps {lim.get('eps', 0):.4g}, flat fraction q {lim.get('important_ev_rate', 0):.2f}")
+        lines += _limit_lines(lim)
     gp = s.get("gp")
     if gp:
         lines.append("")

@@ -48,8 +48,9 @@ def evaluate(model: nn.Module, loader, *, device=None, criterion: str = "cross_e
              l1_params: str = "weight_bias", show_progress: bool = False, amp: bool = False) -> dict:
     """Evaluate ``model`` (in eval mode, no grad) over ``loader``.
 
-    Returns ``{"loss", "data_loss", "top1", "top5", "count"}``: ``data_loss`` is the mean per-sample
-    criterion, ``loss`` adds ``l1_lambda * sum|theta|`` (what the limit paper's sweep reports),
+    Returns ``{"loss", "data_loss", "l1_penalty", "top1", "top5", "count"}``: ``data_loss`` is the mean
+    per-sample criterion, ``l1_penalty`` = ``l1_lambda * sum|theta|`` and ``loss`` their sum (what the
+    limit paper's sweep reports),
     ``top1``/``top5`` are percentages, ``count`` the number of samples. ``amp`` autocasts to float16
     on CUDA. The model's train/eval mode is restored afterwards.
     """
@@ -86,5 +87,5 @@ def evaluate(model: nn.Module, loader, *, device=None, criterion: str = "cross_e
         raise PrunelimitError("the evaluation loader yielded no samples; check the test dataset and its path")
     data_loss = float(sums[0]) / count
     l1_term = l1_lambda * float(l1_penalty(model, l1_params)) if l1_lambda > 0 else 0.0
-    return {"loss": data_loss + l1_term, "data_loss": data_loss, "top1": 100.0 * float(sums[1]) / count,
+    return {"loss": data_loss + l1_term, "data_loss": data_loss, "l1_penalty": l1_term, "top1": 100.0 * float(sums[1]) / count,
             "top5": 100.0 * float(sums[2]) / count, "count": count}
