@@ -98,6 +98,8 @@ def _model_overrides(args) -> list[str]:
         out.append(f"model.name={_yaml(args.model)}")
     if args.num_classes is not None:
         out.append(f"model.num_classes={args.num_classes}")
+    if getattr(args, "model_arg", None):
+        out.append(f"model.kwargs={_yaml(model_kwargs(args.model_arg))}")
     if args.input_shape is not None:
         try:
             shape = [int(x) for x in args.input_shape.replace("x", ",").split(",")]
@@ -111,6 +113,29 @@ def _model_overrides(args) -> list[str]:
     if args.download:
         out.append("data.download=true")
     return out
+
+
+def model_kwargs(pairs: list[str]) -> dict:
+    """``["depth=4", "drop_rate=0.1"]`` -> ``{"depth": 4, "drop_rate": 0.1}`` (values read as YAML scalars)."""
+    import yaml
+
+    out = {}
+    for pair in pairs or []:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip().isidentifier():
+            raise ConfigError(f"--model-arg {pair!r} must be KEY=VALUE with KEY a Python identifier, e.g. depth=4")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return out
+
+
+def cmd_coverage(args, argv) -> int:
+    from prunelimit.models import create_model
+    from prunelimit.pruning.coverage import coverage
+
+    model = create_model(args.model, num_classes=args.num_classes, **model_kwargs(args.model_arg))
+    report = coverage(model, args.include, args.exclude)
+    print(report.format())
+    return 0
 
 
 def cmd_prune(args, argv) -> int:
@@ -189,5 +214,5 @@ def cmd_ls(args, argv) -> int:
 
 
 COMMANDS = {"run": cmd_run, "train": cmd_train, "sweep": cmd_sweep, "spectrum": cmd_spectrum, "limit": cmd_limit,
-            "prune": cmd_prune, "finetune": cmd_finetune, "report": cmd_report, "validate": cmd_validate,
+            "prune": cmd_prune, "finetune": cmd_finetune, "report": cmd_report, "coverage": cmd_coverage, "validate": cmd_validate,
             "ls": cmd_ls}

@@ -63,7 +63,10 @@ def _gp_flags(p: argparse.ArgumentParser, *, prune: bool = True) -> None:
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", help="model name (see `prunelimit ls models`)")
+    g.add_argument("--model", help="model name (see `prunelimit ls models`), or torchvision:NAME, timm:NAME, "
+                                   "mypkg.module:factory")
+    g.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
+                   help="keyword argument for the model factory (repeatable), e.g. --model-arg depth=4")
     g.add_argument("--num-classes", type=int)
     g.add_argument("--input-shape", help="C,H,W of one example, for models that need it when no --dataset is given")
     g.add_argument("--checkpoint", help="weights: a state_dict, {'state_dict': ...}, DDP 'module.' keys accepted")
@@ -101,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, config=False)
     _model_flags(p)
     _gp_flags(p, prune=False)
+
+    p = sub.add_parser("coverage", help="which weight matrices are prunable, and which are left out")
+    p.add_argument("--model", required=True, help="model name, torchvision:NAME, timm:NAME or mypkg.module:factory")
+    p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="factory keyword argument (repeatable)")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--include", action="append", help="module or parameter name pattern (repeatable)")
+    p.add_argument("--exclude", action="append", help="module or parameter name pattern (repeatable)")
 
     p = sub.add_parser("report", help="print the summary of a finished run directory")
     p.add_argument("run_dir")

@@ -19,6 +19,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from prunelimit.pruning.names import unwrap_model
 from prunelimit.pruning.prunable import prunable_parameters
 from prunelimit.runs.io import atomic_write_bytes
 from prunelimit.errors import PrunelimitError
@@ -26,11 +27,7 @@ from prunelimit.errors import PrunelimitError
 _FORMAT = "prunelimit.magnitude_ordering/1"
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    # DDP / DataParallel / torch.compile wrappers prefix parameter names; the ordering uses the bare names.
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    return getattr(model, "_orig_mod", model)
+_unwrap = unwrap_model  # wrappers prefix parameter names; the ordering uses the plain model's names
 
 
 class MagnitudeOrdering:

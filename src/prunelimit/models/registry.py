@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from prunelimit.errors import PrunelimitError
 
+from prunelimit.models.external import create_external_model, is_external, resolve_external
+
 # Parameters every factory may take; everything else in its signature is a model option.
 _RESERVED = ("num_classes", "input_shape")
 
@@ -99,7 +101,12 @@ def list_models() -> list[str]:
 
 
 def model_info(name: str) -> ModelInfo:
-    """The :class:`ModelInfo` of a model given by canonical name, alias or name pattern."""
+    """The :class:`ModelInfo` of a model given by canonical name, alias or name pattern (or an importable
+    ``torchvision:NAME`` / ``timm:NAME`` / ``module.path:factory``, whose options are not known ahead)."""
+    if is_external(name):
+        resolve_external(name)  # ValueError for an unknown module or name
+        return ModelInfo(name=name, aliases=(), default_num_classes=0, needs_input_shape=False,
+                         description=f"imported model {name}")
     entry, fixed, label = _resolve(name)
     if not fixed:
         return entry.info
@@ -116,7 +123,11 @@ def create_model(name: str, num_classes: int | None = None, input_shape: tuple[i
     ``num_classes`` defaults to the model's ``default_num_classes``. ``input_shape`` is (C, H, W) of
     one example; fully-connected nets need it, the others use C for their first layer when it is
     given and are checked to accept (H, W). ``kwargs`` are the model's options (see ``model_info``).
+    ``name`` may also be ``torchvision:resnet18``, ``timm:convnext_atto`` or ``mypkg.module:factory``
+    (random weights, nothing downloaded; ``num_classes`` and ``kwargs`` passed on, ``input_shape`` unused).
     """
+    if is_external(name):
+        return create_external_model(name, num_classes, **kwargs)
     entry, fixed, label = _resolve(name)
     info = entry.info
     num_classes = info.default_num_classes if num_classes is None else num_classes

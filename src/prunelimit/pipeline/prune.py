@@ -24,6 +24,9 @@ def prune_command(cfg: RunConfig, argv: list[str], *, allow_pickle: bool = False
     if data is None:
         say("no dataset configured (--dataset): accuracy before and after pruning is NOT evaluated")
     model, record = dense_model(ctx, data, train_if_needed=False)
+    from prunelimit.pruning.coverage import coverage
+
+    say(coverage(model, cfg.prune.include, cfg.prune.exclude).format())
     results = run_gp(ctx, model, record, data, cfg.prune.sparsity)
     summary = {"pipeline": "prune", "run_dir": str(ctx.run.path), "model": cfg.model.name,
                "dataset": cfg.data.dataset if cfg.data else None, "dense": record,

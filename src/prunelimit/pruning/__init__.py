@@ -8,10 +8,13 @@ from .masks import (LayerMaskStats, MaskStats, apply_masks, check_masks_fit, cou
 from .min_threshold import (LAYER_SPARSITY_COLUMNS, MT_MODES, LayerPlan, MTPlan, max_feasible_min_threshold,
                             max_feasible_sparsity, min_threshold_masks, min_threshold_plan,
                             min_threshold_plan_and_masks)
-from .prunable import count_prunable, prunable_parameters
+from .coverage import Coverage, collapsed_layers, coverage
+from .names import unwrap_model
+from .prunable import count_prunable, prunable_parameters, register_prunable_layer
 from .select import prune_count
 
 __all__ = [
+    "Coverage", "collapsed_layers", "coverage", "register_prunable_layer", "unwrap_model",
     "LAYER_SPARSITY_COLUMNS", "LayerMaskStats", "LayerPlan", "MT_MODES", "MTPlan", "MaskStats", "PruneConfig",
     "apply_masks", "check_masks_fit", "count_nonzero_pruned", "count_prunable", "global_magnitude_masks", "load_legacy_mask_npy",
     "load_masks", "mask_file_metadata", "mask_sparsity", "masks_for_config", "masks_sparsity_of_model",

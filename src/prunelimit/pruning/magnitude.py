@@ -11,7 +11,9 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .prunable import prunable_parameters
+from .coverage import warn_collapsed
+from .names import unwrap_model
+from .prunable import prunable_layer_types, prunable_parameters
 from .select import Cut, Pool, Workspace, check_sparsity, key_space, kth_key, prune_count, resolve_cuts, smallest_cuts
 from prunelimit.errors import PrunelimitError
 
@@ -22,9 +24,20 @@ def prunable_layers(model: nn.Module, include=None, exclude=None) -> tuple[list[
     """Names and weights of the prunable parameters, in module order; ValueError when there are none."""
     params = prunable_parameters(model, include, exclude)
     if not params:
-        raise PrunelimitError(f"model {type(model).__name__} has no prunable parameters (no nn.Conv2d/nn.Linear "
-                         f"weights); select some with include=[...] patterns")
+        raise PrunelimitError(f"model {type(unwrap_model(model)).__name__} has no prunable parameters (no layer of the "
+                         f"types {', '.join(prunable_layer_types())}); select some with include=[...] patterns")
+    check_not_meta(model, params)
     return [n for n, _ in params], [p for _, p in params]
+
+
+def check_not_meta(model: nn.Module, params) -> None:
+    """One-line error for a model built on the ``meta`` device (shapes only, no values to rank)."""
+    meta = [n for n, p in params if p.is_meta]
+    if meta:
+        raise PrunelimitError(f"model {type(unwrap_model(model)).__name__} is on the meta device (parameter {meta[0]!r} "
+                         f"has a shape but no values), so there are no magnitudes to prune; materialise it first, "
+                         f"e.g. model.to_empty(device='cpu') then load_state_dict(...). pl.coverage(model) works "
+                         f"on a meta model")
 
 
 def global_magnitude_cuts(names: Sequence[str], weights: Sequence[Tensor], k: int, *, rule: str = "exact",
@@ -59,4 +72,6 @@ def global_magnitude_masks(model: nn.Module, sparsity: float, *, include=None, e
     k = prune_count(p, sum(w.numel() for w in weights))
     with torch.no_grad():
         _, masks = global_magnitude_cuts(names, weights, k, rule=rule, want_masks=True, want_counts=False)
-    return dict(zip(names, masks))
+    masks = dict(zip(names, masks))
+    warn_collapsed(masks, f"GP at sparsity {p}")
+    return masks

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from ..dist import is_main
 from ..messages import few as _few
 from ..runs.io import atomic_write_bytes
+from .names import canonical_masks, parameter_aliases, strip_wrapper_prefixes, unwrap_model
 from .prunable import prunable_parameters
 from prunelimit.errors import PrunelimitError
 
@@ -40,11 +41,7 @@ class MaskStats:
     layers: tuple[LayerMaskStats, ...]
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    # DDP / DataParallel prefix parameter names with "module."; masks never carry that prefix.
-    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        return model.module
-    return model
+_unwrap = unwrap_model  # wrappers (DDP, DataParallel, torch.compile) prefix names; masks never carry them
 
 
 def check_masks_fit(model: nn.Module, masks: Mapping[str, Tensor], source: str = "<masks>", *,
@@ -52,6 +49,8 @@ def check_masks_fit(model: nn.Module, masks: Mapping[str, Tensor], source: str =
     """ValueError unless every mask names a parameter of ``model`` with the same shape, and every
     prunable parameter (``include``/``exclude`` as when the masks were made) has a mask."""
     params = dict(_unwrap(model).named_parameters())
+    aliases = parameter_aliases(model)
+    masks = {aliases.get(strip_wrapper_prefixes(k), k): m for k, m in masks.items()}
     unexpected = [k for k in masks if k not in params]
     wanted = [n for n, _ in prunable_parameters(_unwrap(model), include, exclude)]
     missing = [n for n in wanted if n not in masks]
@@ -74,12 +73,13 @@ def check_masks_fit(model: nn.Module, masks: Mapping[str, Tensor], source: str =
 
 
 def apply_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> nn.Module:
-    """Zero the pruned weights of ``model`` in place (True = kept) and return ``model``."""
+    """Zero the pruned weights of ``model`` in place (True = kept) and return ``model``.
+
+    ``model`` may be wrapped (torch.compile, DataParallel, DDP) or not, and mask keys may use any name of a
+    tied parameter or a wrapper's prefix: masks from either apply to both."""
     params = dict(_unwrap(model).named_parameters())
+    masks = canonical_masks(model, masks)
     for name, mask in masks.items():
-        if name not in params:
-            raise PrunelimitError(f"mask key {name!r} is not a parameter of {type(_unwrap(model)).__name__}; "
-                             f"parameters include {_few(list(params))}")
         p = params[name]
         if tuple(mask.shape) != tuple(p.shape) or mask.dtype != torch.bool:
             raise PrunelimitError(f"mask {name!r} is {mask.dtype} {tuple(mask.shape)} but must be torch.bool of the "
@@ -107,6 +107,7 @@ def mask_sparsity(masks: Mapping[str, Tensor]) -> MaskStats:
 def count_nonzero_pruned(model: nn.Module, masks: Mapping[str, Tensor]) -> int:
     """How many weights the masks prune are not exactly zero in ``model`` (0 for a correctly pruned model)."""
     params = dict(_unwrap(model).named_parameters())
+    masks = canonical_masks(model, masks)
     with torch.no_grad():
         return sum(int((params[name][~mask.to(params[name].device)] != 0).sum()) for name, mask in masks.items())
 

@@ -81,7 +81,11 @@ def extract_state_dict(obj: Any, path: str | os.PathLike = "<checkpoint>") -> di
 def load_model_weights(model: nn.Module, path: str | os.PathLike, *, allow_pickle: bool = False) -> dict:
     """Load a checkpoint file into ``model`` strictly; name every missing/unexpected/mis-shaped key.
 
-    Returns the whole loaded object (so callers can read e.g. its ``"epoch"``)."""
+    Returns the whole loaded object (so callers can read e.g. its ``"epoch"``). ``model`` may be wrapped
+    (torch.compile, DataParallel, DDP): the weights go into the plain model inside."""
+    from prunelimit.pruning.names import unwrap_model
+
+    model = unwrap_model(model)
     obj = load_checkpoint_file(path, allow_pickle=allow_pickle)
     sd = extract_state_dict(obj, path)
     check_state_dict(model, sd, path)

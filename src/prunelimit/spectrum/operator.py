@@ -40,27 +40,19 @@ from torch import nn
 from tqdm import tqdm
 
 from prunelimit import dist
+from prunelimit.pruning.prunable import layer_parameters
 from prunelimit.spectrum.lean_graphs import LeanGraphMode
 from prunelimit.errors import PrunelimitError
 
 CACHE_MAX_SAMPLES = 20_000
 # CUDA: stop caching when free memory falls below this fraction of the device (room for HVPs, basis).
 _CUDA_FREE_FRACTION = 0.25
-HESSIAN_MODULES = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
 def hessian_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """Weights and biases of every Conv1d/Conv2d/Linear module (norm layers excluded, SPEC B3)."""
-    out: list[tuple[str, nn.Parameter]] = []
-    seen: set[int] = set()
-    for mname, module in model.named_modules():
-        if not isinstance(module, HESSIAN_MODULES):
-            continue
-        for pname, p in module.named_parameters(recurse=False):
-            if p.requires_grad and id(p) not in seen:
-                seen.add(id(p))
-                out.append((f"{mname}.{pname}" if mname else pname, p))
-    return out
+    """Weights and biases of every prunable layer type (conv, linear, attention projections, ...; see
+    ``pruning.prunable``): the layers pruning covers. Norm layers and embedding tables are excluded."""
+    return [(n, p) for n, p in layer_parameters(model) if p.requires_grad]
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from prunelimit import dist
+from prunelimit.pruning.names import unwrap_model
 from prunelimit.runs.checkpoint import check_state_dict
 from prunelimit.runs.io import write_csv
 from prunelimit.train import state as st
@@ -73,7 +74,7 @@ def train(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *, devi
     if stop_after_epoch is not None and (isinstance(stop_after_epoch, bool) or not isinstance(stop_after_epoch, int)
                                          or stop_after_epoch < 1):
         raise PrunelimitError(f"stop_after_epoch must be a positive epoch number or None, got {stop_after_epoch!r}")
-    model = getattr(model, "module", model)
+    model = unwrap_model(model)  # DDP / DataParallel / torch.compile: train the plain model (same parameters)
     # resolve_device: a clear error when CUDA is missing, and "cuda" -> this rank's GPU under torchrun
     device = dist.resolve_device(str(device)) if device is not None else next(model.parameters()).device
     model.to(device)

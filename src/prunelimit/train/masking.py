@@ -16,6 +16,7 @@ import torch.distributed as tdist
 from torch import nn
 
 from prunelimit import dist
+from prunelimit.pruning.names import canonical_masks, unwrap_model
 from prunelimit.pruning.prunable import prunable_parameters
 from prunelimit.errors import PrunelimitError
 
@@ -28,9 +29,11 @@ _HASH_MOD = 2**31 - 1
 class MaskEnforcer:
     """Holds ``param -> pruned (bool, True = pruned)`` pairs for one model on one device."""
 
-    def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor], device: torch.device):
+    def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor], device: torch.device | None = None):
+        """``model`` plain or wrapped (torch.compile, DataParallel, DDP); ``masks`` keyed by any name of each
+        parameter; ``device`` defaults to each parameter's own."""
         self.masks = validate_masks(model, masks, device)
-        named = dict(model.named_parameters())
+        named = dict(unwrap_model(model).named_parameters())
         # (parameter, pruned-entry mask of the same shape); ~keep is precomputed once
         self.pairs = [(named[name], ~keep) for name, keep in self.masks.items()]
 
@@ -63,14 +66,11 @@ def validate_masks(model: nn.Module, masks: Mapping[str, torch.Tensor],
     if not isinstance(masks, Mapping) or not masks:
         raise PrunelimitError("masks must be a non-empty dict {parameter name: bool tensor (True = kept)}, "
                          f"got {type(masks).__name__}")
-    named = dict(model.named_parameters())
+    named = dict(unwrap_model(model).named_parameters())
+    masks = canonical_masks(model, masks)
     out = {}
     for name in sorted(masks):
         mask = masks[name]
-        if name not in named:
-            hint = [n for n, _ in prunable_parameters(model)][:4]
-            raise PrunelimitError(f"mask key {name!r} is not a parameter of {type(model).__name__}; mask keys are "
-                             f"parameter names as in model.named_parameters(), e.g. {hint} (no 'module.' prefix)")
         if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(named[name].shape):
             shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
             raise PrunelimitError(f"mask {name!r} has shape {shape} but the parameter has {tuple(named[name].shape)}; "
@@ -116,7 +116,7 @@ def verify_same_on_all_ranks(values: list[int], what: str, device: torch.device)
 
 def zero_fraction_percent(model: nn.Module) -> float:
     """Measured percentage of prunable weights (conv/linear) that are exactly zero."""
-    params = [p for _, p in prunable_parameters(getattr(model, "module", model))]
+    params = [p for _, p in prunable_parameters(model)]
     total = sum(p.numel() for p in params)
     if total == 0:
         return 0.0
