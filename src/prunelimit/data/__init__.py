@@ -5,12 +5,16 @@
     loader = make_loader(train_set, 128, shuffle=True, seed=0)
     set_loader_epoch(loader, epoch)                            # before every epoch
 
-Datasets: digits (scikit-learn, bundled), mnist, cifar10, cifar100, tinyimagenet, imagenet.
+Datasets: digits (scikit-learn, bundled), mnist, cifar10, cifar100, tinyimagenet, imagenet; add your own
+with ``@register_dataset(DatasetInfo(...))`` on a factory ``(root, train, *, download, augment) -> Dataset``.
 """
+from prunelimit.data.registry import (DataConfig, canonical_name, create_dataset, dataset_from_config, dataset_info,
+                                     list_datasets, register_dataset)
+from prunelimit.data.info import DatasetInfo
 from prunelimit.data.common import ImageTensorDataset
-from prunelimit.data.info import DatasetInfo, canonical_name, dataset_info, list_datasets
 from prunelimit.data.loader import EpochShuffleSampler, eval_batches, make_loader, per_rank_batch_size, set_loader_epoch
-from prunelimit.data.registry import DataConfig, create_dataset, dataset_from_config
+# the built-in datasets register themselves on import, smallest first (the order `ls datasets` shows)
+from prunelimit.data import digits as _digits, mnist as _mnist, cifar as _cifar, folders as _folders  # noqa: F401
 from prunelimit.data.safe_pickle import RestrictedUnpickler, UnsafePickleError, restricted_load
 
 __all__ = [
@@ -26,6 +30,7 @@ __all__ = [
     "dataset_from_config",
     "dataset_info",
     "list_datasets",
+    "register_dataset",
     "make_loader",
     "per_rank_batch_size",
     "restricted_load",

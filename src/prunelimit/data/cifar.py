@@ -16,7 +16,8 @@ import torch
 from torchvision import transforms
 
 from prunelimit.data.common import ImageTensorDataset, missing_data_error, require_paths, run_download
-from prunelimit.data.info import dataset_info
+from prunelimit.data.info import DatasetInfo
+from prunelimit.data.registry import dataset_info, register_dataset
 from prunelimit.data.safe_pickle import restricted_load
 
 # dataset -> (folder, train files, test files, label key, number of classes)
@@ -80,3 +81,21 @@ def cifar_dataset(dataset: str, root: Path, train: bool, download: bool, augment
     info = dataset_info(dataset)
     return ImageTensorDataset(images, labels, info.mean, info.std,
                               augment=cifar_train_augment() if (train and augment) else None)
+
+
+@register_dataset(DatasetInfo(
+    "cifar10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010),
+    "CIFAR-10, 50 000 train / 10 000 test, 32x32 colour, 10 classes.",
+    "Set download: true (command line: --download), or extract cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
+    "into <data_path> so that <data_path>/cifar-10-batches-py/data_batch_1 exists."))
+def _cifar10(root: Path, train: bool, *, download: bool, augment: bool) -> ImageTensorDataset:
+    return cifar_dataset("cifar10", root, train, download, augment)
+
+
+@register_dataset(DatasetInfo(
+    "cifar100", 100, (3, 32, 32), (0.507, 0.487, 0.441), (0.267, 0.256, 0.276),
+    "CIFAR-100 (fine labels), 50 000 train / 10 000 test, 32x32 colour, 100 classes.",
+    "Set download: true (command line: --download), or extract cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
+    "into <data_path> so that <data_path>/cifar-100-python/train exists."))
+def _cifar100(root: Path, train: bool, *, download: bool, augment: bool) -> ImageTensorDataset:
+    return cifar_dataset("cifar100", root, train, download, augment)

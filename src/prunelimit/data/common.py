@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from prunelimit import dist
-from prunelimit.data.info import dataset_info
+from prunelimit.data.registry import dataset_info
 from prunelimit.errors import PrunelimitError
 
 

@@ -14,10 +14,15 @@ import numpy as np
 import torch
 
 from prunelimit.data.common import ImageTensorDataset
+from prunelimit.data.info import DatasetInfo
+from prunelimit.data.registry import register_dataset
 
 DIGITS_NUM_TRAIN = 1437
 DIGITS_NUM_TEST = 360
 DIGITS_SPLIT_SEED = 0
+# Mean and population std of all train-split pixels after / 16; a test recomputes them from the split.
+DIGITS_MEAN = 0.30538339422407795
+DIGITS_STD = 0.3761191680900195
 
 
 @dataclass(frozen=True)
@@ -51,4 +56,13 @@ def digits_dataset(train: bool) -> ImageTensorDataset:
     """The train or test split as an in-memory dataset; ``.tensors`` gives it as one batch."""
     s = digits_split()
     images, labels = (s.train_images, s.train_labels) if train else (s.test_images, s.test_labels)
-    return ImageTensorDataset(torch.tensor(images), torch.tensor(labels), (s.mean,), (s.std,))
+    return ImageTensorDataset(torch.tensor(images), torch.tensor(labels), (DIGITS_MEAN,), (DIGITS_STD,))
+
+
+@register_dataset(DatasetInfo(
+    "digits", 10, (1, 8, 8), (DIGITS_MEAN,), (DIGITS_STD,),
+    f"scikit-learn's bundled 8x8 handwritten digits (1797 images), fixed stratified split "
+    f"{DIGITS_NUM_TRAIN} train / {DIGITS_NUM_TEST} test; pixels/16 standardised with the train mean/std.",
+    "Bundled with scikit-learn (sklearn.datasets.load_digits); nothing to download."))
+def _digits(root, train: bool, *, download: bool, augment: bool) -> ImageTensorDataset:
+    return digits_dataset(train)

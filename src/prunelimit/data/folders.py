@@ -16,7 +16,8 @@ from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
 from prunelimit.data.common import missing_data_error, require_paths
-from prunelimit.data.info import dataset_info
+from prunelimit.data.info import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
+from prunelimit.data.registry import dataset_info, register_dataset
 
 
 def _normalize(name: str) -> transforms.Normalize:
@@ -114,3 +115,23 @@ def imagenet_dataset(root: Path, train: bool, augment: bool) -> datasets.ImageFo
         return datasets.ImageFolder(str(folder), transform=imagenet_transform(train, augment))
     except (FileNotFoundError, OSError) as e:  # no class folders, or a class folder without images
         raise missing_data_error("imagenet", folder, f"is not a usable image folder ({e})") from e
+
+
+@register_dataset(DatasetInfo(
+    "tinyimagenet", 200, (3, 64, 64), IMAGENET_MEAN, IMAGENET_STD,
+    "Tiny ImageNet, 100 000 train / 10 000 val (used as the test split), 64x64 colour, 200 classes; "
+    "normalised with the ImageNet mean/std.",
+    "Download http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it into <data_path> so that "
+    "<data_path>/tiny-imagenet-200/wnids.txt exists (automatic download is not offered)."))
+def _tinyimagenet(root: Path, train: bool, *, download: bool, augment: bool) -> ImageListDataset:
+    return tinyimagenet_dataset(root, train, augment)
+
+
+@register_dataset(DatasetInfo(
+    "imagenet", 1000, (3, 224, 224), IMAGENET_MEAN, IMAGENET_STD,
+    "ImageNet ILSVRC-2012 as an image folder, 1.28 M train / 50 000 val (used as the test split).",
+    "Get ILSVRC-2012 from https://image-net.org (registration required) and arrange it as "
+    "<data_path>/train/<wnid>/*.JPEG and <data_path>/val/<wnid>/*.JPEG (validation images sorted into "
+    "class folders); <data_path>/imagenet/train and .../val are also accepted."))
+def _imagenet(root: Path, train: bool, *, download: bool, augment: bool) -> datasets.ImageFolder:
+    return imagenet_dataset(root, train, augment)

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from prunelimit.data.common import ImageTensorDataset, missing_data_error, run_download
-from prunelimit.data.info import dataset_info
+from prunelimit.data.info import DatasetInfo
+from prunelimit.data.registry import dataset_info, register_dataset
 
 IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions (N, rows, cols)
 IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension (N,)
@@ -55,6 +56,15 @@ def _download(root: Path) -> None:
 
     # torchvision fetches the four .gz files from its mirrors and extracts them into <root>/MNIST/raw.
     MNIST(str(root), train=True, download=True)
+
+
+@register_dataset(DatasetInfo(
+    "mnist", 10, (1, 28, 28), (0.1307,), (0.3081,),
+    "MNIST handwritten digits, 60 000 train / 10 000 test, 28x28 grey.",
+    "Set download: true (command line: --download) to fetch it into <data_path>/MNIST/raw, or place train-images-idx3-ubyte, "
+    "train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (plain or .gz) there."))
+def _mnist(root: Path, train: bool, *, download: bool, augment: bool) -> ImageTensorDataset:
+    return mnist_dataset(root, train, download)
 
 
 def mnist_dataset(root: Path, train: bool, download: bool) -> ImageTensorDataset:
