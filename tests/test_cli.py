@@ -219,6 +219,10 @@ def test_run_embedded_default_small(tmp_path, capsys):
     for r in table:   # the evaluator's loss is the data loss plus the L1 term, and the term shrinks with pruning
         assert float(r["train_loss"]) == pytest.approx(float(r["train_data_loss"]) + float(r["l1_penalty"]), rel=1e-6)
     assert float(table[0]["l1_penalty"]) > float(table[-1]["l1_penalty"]) > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["stage_seconds"]) == {"data", "dense", "sweep", "spectrum", "rows", "limit", "gp"}
+    assert all(v >= 0 for v in summary["stage_seconds"].values())
+    assert "seconds per stage: data" in text
     for method in ("gp", "gp_mt"):
         for name in ("prune_log.csv", "prunedmodel.pth.tar", "weight_mask.safetensors", "finetune_log.csv",
                      "model_best.pth.tar", "checkpoint_last.pth.tar"):

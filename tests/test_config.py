@@ -61,6 +61,9 @@ def test_every_shipped_config_loads(name):
     cfg = load_config(name)
     assert cfg.name == name
     assert cfg.pipeline in ("default", "gp", "limit")
+    if cfg.pipeline in ("default", "limit"):
+        # the limit paper's init, as every one of its original configs (and the seed's sample) says
+        assert cfg.model.init == "kaiming_normal"
 
 
 def test_original_sample_maps_onto_sections(tmp_path):

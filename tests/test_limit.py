@@ -255,7 +255,8 @@ def test_limit_config_defaults_and_errors():
                         (dict(rule="max"), "rule"), (dict(delta=-1), "delta"), (dict(integer_R="yes"), "integer_R"),
                         (dict(sweep_points=1), "sweep_points"), (dict(sweep_points=10.0), "sweep_points"),
                         (dict(adaptive=1), "adaptive"), (dict(loss="l1"), "loss"), (dict(reading="first"), "reading"),
-                        (dict(epsilon_ddof=2), "epsilon_ddof"), (dict(epsilon_ddof=True), "epsilon_ddof"), (dict(adaptive=True, coarse_points=5000), "coarse_points"), (dict(coarse_points=1), "coarse_points")]:
+                        (dict(epsilon_ddof=2), "epsilon_ddof"), (dict(tail_points=-1), "tail_points"),
+                        (dict(tail_points=5, adaptive=True), "tail_points"), (dict(epsilon_ddof=True), "epsilon_ddof"), (dict(adaptive=True, coarse_points=5000), "coarse_points"), (dict(coarse_points=1), "coarse_points")]:
         with pytest.raises(ValueError, match=f"limit.{key}"):
             LimitConfig(**kwargs)
 

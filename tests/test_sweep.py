@@ -467,3 +467,30 @@ def test_old_sweep_table_without_loss_columns_loads_and_resumes(tmp_path):
     again = run_sweep(model, ordering, default_grid(10), rec, show_progress=False, csv_path=path, resume=True)
     assert rec.calls == 10 and has_loss_columns(again)      # rows without the new columns are evaluated again
     assert has_loss_columns(read_sweep_csv(path))
+
+
+def test_tail_grid_resolves_limits_beyond_the_last_uniform_point():
+    from prunelimit.limit.rules import rule_limit
+    from prunelimit.limit.sweep import tail_grid
+
+    n = 2960
+    grid = tail_grid(100, 30, n)
+    assert grid[:100] == default_grid(100) and len(grid) > 100
+    counts = [math.floor(p * n + 0.5) for p in grid]
+    assert counts == sorted(set(counts)) and counts[-1] == n - 1        # down to one kept weight, never all
+    keeps = [1 - p for p in grid[100:]]
+    ratios = [b / a for a, b in zip(keeps, keeps[1:])]
+    assert max(ratios) < 0.95 and min(ratios) > 0.5                      # geometric in keep fraction
+    assert tail_grid(100, 0, n) == default_grid(100) and tail_grid(100, 5, 50) == default_grid(100)
+    with pytest.raises(ValueError, match="tail_points"):
+        tail_grid(100, -1, n)
+    # accuracy holds to p = 0.995: on the uniform grid the rule never fails, the tail finds the drop
+    model = wide_model()
+    ordering = MagnitudeOrdering.from_model(model)
+    acc = lambda s: 95.0 if s <= 0.995 else 50.0  # noqa: E731
+    coarse = run_sweep(model, ordering, default_grid(100), SyntheticCurve(acc), show_progress=False)
+    lim = rule_limit(coarse, "acc_drop", delta=1.0)
+    assert lim.prune_fraction is None and lim.lower_bound == 0.99 and "tail_points" in lim.reason
+    fine = run_sweep(model, ordering, grid, SyntheticCurve(acc), show_progress=False)
+    limit = rule_limit(fine, "acc_drop", delta=1.0).prune_fraction
+    assert 0.99 < limit and [r["prune_fraction"] for r in fine if r["prune_fraction"] > limit][0] > 0.995 - 1e-9

@@ -20,6 +20,7 @@ class LimitConfig:
     delta: float = 1.0                  # allowed test-accuracy drop, in points, for the acc_drop rule
     integer_R: bool = False             # True: round R to integers like the original (wrong when R < 1)
     sweep_points: int = 1000            # grid i/sweep_points, i = 0..sweep_points-1 (the original's sparse_epoch)
+    tail_points: int = 0                # extra sweep points beyond 1 - 1/sweep_points, keep fraction geometric down to 1 weight
     adaptive: bool = False              # find the actual limit by coarse grid + bisection instead of a full sweep
     coarse_points: int = 20             # coarse grid size of the adaptive search
     sweep_train: bool = True            # also evaluate the training set at every sweep point
@@ -51,6 +52,12 @@ class LimitConfig:
         if isinstance(self.sweep_points, bool) or not isinstance(self.sweep_points, int) or self.sweep_points < 2:
             raise PrunelimitError(f"limit.sweep_points (the original's sparse_epoch) must be an integer >= 2; "
                              f"got {self.sweep_points!r}")
+        if isinstance(self.tail_points, bool) or not isinstance(self.tail_points, int) or self.tail_points < 0:
+            raise PrunelimitError(f"limit.tail_points must be an integer >= 0 (extra sweep points near p = 1); "
+                                  f"got {self.tail_points!r}")
+        if self.tail_points and self.adaptive:
+            raise PrunelimitError("limit.tail_points refines the full sweep; the adaptive search (limit.adaptive: "
+                                  "true) works on the grid i/sweep_points: raise limit.sweep_points instead")
         if isinstance(self.coarse_points, bool) or not isinstance(self.coarse_points, int) \
                 or self.coarse_points < 2 or (self.adaptive and self.coarse_points > self.sweep_points):
             raise PrunelimitError(f"limit.coarse_points must be an integer in [2, sweep_points={self.sweep_points}]; "

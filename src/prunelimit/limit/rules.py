@@ -131,7 +131,7 @@ def _read(rule: str, reading: str, rows: list[Mapping[str, Any]], ok) -> RuleLim
         return RuleLimit(rule, reading, None, f"never holds: the rule fails {where}")
     if limit == ps[-1]:
         return RuleLimit(rule, reading, None, f"not reached on the grid: the rule still holds at its last point "
-                         f"p = {limit:g}, so the limit is above it (use a finer grid near 1)",
+                         f"p = {limit:g}, so the limit is above it (sweep a finer grid near 1: limit.tail_points)",
                          lower_bound=limit)
     return RuleLimit(rule, reading, limit)
 

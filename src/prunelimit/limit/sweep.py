@@ -42,6 +42,29 @@ def default_grid(points: int = 1000) -> list[float]:
     return [i / points for i in range(points)]
 
 
+def tail_grid(points: int, tail_points: int, num_weights: int) -> list[float]:
+    """``default_grid(points)`` plus up to ``tail_points`` prune fractions beyond its last point 1 - 1/points,
+    so that limits above it (0.999 on the original's grid) are resolved.
+
+    The tail's keep fractions are spaced geometrically from 1/points down to one kept weight (1/N):
+    keep_j = (1/points) * (points/N)^(j/T), j = 1..T, the same number of points per decade of keep fraction.
+    Points that would prune the same number of weights as the one before are dropped."""
+    grid = default_grid(points)
+    if isinstance(tail_points, bool) or not isinstance(tail_points, int) or tail_points < 0:
+        raise PrunelimitError(f"limit.tail_points must be an integer >= 0; got {tail_points!r}")
+    if tail_points == 0 or num_weights <= points:
+        return grid
+    counts = {int(math.floor(p * num_weights + 0.5)) for p in grid}
+    ratio = points / num_weights
+    for j in range(1, tail_points + 1):
+        p = 1.0 - (1.0 / points) * ratio ** (j / tail_points)
+        k = int(math.floor(p * num_weights + 0.5))
+        if k not in counts and k < num_weights and p > grid[-1]:
+            counts.add(k)
+            grid.append(p)
+    return grid
+
+
 def check_grid(fractions: Sequence[float]) -> list[float]:
     grid = [float(p) for p in fractions]
     if not grid or grid[0] != 0.0:

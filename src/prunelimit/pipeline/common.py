@@ -6,7 +6,9 @@ into the stages of a run. It takes typed configs, never argv; the CLI builds tho
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,17 @@ class Context:
     run: RunDir
     device: torch.device
     allow_pickle: bool = False  # this command line's --allow-pickle; never read from or written to a file
+    timings: dict = field(default_factory=dict)  # stage name -> wall seconds in this command (summary.json)
+
+
+@contextmanager
+def timed(ctx: Context, stage: str):
+    """Add the wall time of the block to ``ctx.timings[stage]`` (a skipped, finished stage shows its reload)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        ctx.timings[stage] = round(ctx.timings.get(stage, 0.0) + time.perf_counter() - start, 3)
 
 
 def default_out(cfg: RunConfig) -> Path:
@@ -70,7 +83,8 @@ _SUBSET = ("prune.include", "prune.exclude")
 STAGE_KEYS = {
     "dense": _DENSE,
     "sweep": _DENSE + _SUBSET + ("limit.sweep_points", "limit.adaptive", "limit.coarse_points",
-                                 "limit.sweep_train", "limit.rule", "limit.delta", "limit.reading", "limit.loss"),
+                                 "limit.sweep_train", "limit.rule", "limit.delta", "limit.reading", "limit.loss",
+                                 "limit.tail_points"),
     "spectrum": _DENSE + ("spectrum", "limit.loss"),   # the Hessian is of the declared loss
     "rows": _DENSE + _SUBSET + ("spectrum", "limit.loss"),
     "limit": _DENSE + _SUBSET + ("spectrum", "limit"),

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from prunelimit import dist
-from prunelimit.pipeline.common import Context, Data, eval_loader, evaluator, fingerprint, say
+from prunelimit.pipeline.common import Context, Data, eval_loader, evaluator, fingerprint, say, timed
 from prunelimit.runs.io import read_json, write_csv, write_json
 from prunelimit.errors import PrunelimitError
 
@@ -26,7 +26,8 @@ def _ordering(ctx: Context, model: nn.Module):
 
 
 def sweep_stage(ctx: Context, model: nn.Module, data: Data, ordering) -> list[dict]:
-    from prunelimit.limit import adaptive_limit_search, default_grid, run_sweep
+    from prunelimit.limit import adaptive_limit_search, run_sweep
+    from prunelimit.limit.sweep import tail_grid
 
     cfg, out = ctx.cfg, ctx.run.sub("limit")
     csv_path = out / "sweep.csv"
@@ -55,9 +56,12 @@ def sweep_stage(ctx: Context, model: nn.Module, data: Data, ordering) -> list[di
 
             write_csv(csv_path, SWEEP_COLUMNS, [[r.get(c) for c in SWEEP_COLUMNS] for r in rows])
     else:
-        say(f"sweep: {lc.sweep_points} prune fractions from one ordering of {ordering.num_weights:,} weights"
+        grid = tail_grid(lc.sweep_points, lc.tail_points, ordering.num_weights)
+        say(f"sweep: {len(grid)} prune fractions from one ordering of {ordering.num_weights:,} weights"
+            + (f" (the last {len(grid) - lc.sweep_points} beyond {grid[lc.sweep_points - 1]:g}, up to "
+               f"{grid[-1]:.6g})" if len(grid) > lc.sweep_points else "")
             + (f" (resuming from {csv_path})" if csv_path.exists() else ""))
-        rows = run_sweep(model, ordering, default_grid(lc.sweep_points), test_eval, train_eval,
+        rows = run_sweep(model, ordering, grid, test_eval, train_eval,
                          show_progress=cfg.show_progress, csv_path=csv_path, resume=True)
     ctx.run.mark_done("sweep", {"rows": len(rows), "csv": str(csv_path)}, fingerprint(cfg, "sweep"))
     return rows
@@ -204,15 +208,19 @@ def run_limit(ctx: Context, model: nn.Module, data: Data) -> dict | None:
     """Run the enabled limit stages; returns the result dict (None when the limit stage is off)."""
     st = ctx.cfg.stages
     ordering = _ordering(ctx, model)
-    rows = sweep_stage(ctx, model, data, ordering) if st.sweep else None
+    with timed(ctx, "sweep"):
+        rows = sweep_stage(ctx, model, data, ordering) if st.sweep else None
     if not (st.spectrum or st.limit):
         return None
     get_op, loss_fn, loader = hessian_setup(ctx, model, data)
-    spectrum = spectrum_stage(ctx, model, data, get_op)
-    q = rows_stage(ctx, model, get_op)
+    with timed(ctx, "spectrum"):
+        spectrum = spectrum_stage(ctx, model, data, get_op)
+    with timed(ctx, "rows"):
+        q = rows_stage(ctx, model, get_op)
     if not st.limit:
         return None
     if rows is None:
         raise PrunelimitError("stages.limit needs the sweep (stages.sweep / original key sparse: true) for the actual "
                          "limit and R(p)")
-    return limit_stage(ctx, model, data, ordering, rows, spectrum, q, loss_fn, loader)
+    with timed(ctx, "limit"):
+        return limit_stage(ctx, model, data, ordering, rows, spectrum, q, loss_fn, loader)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from prunelimit.config.schema import RunConfig
-from prunelimit.pipeline.common import load_data, say, setup
+from prunelimit.pipeline.common import load_data, say, setup, timed
 from prunelimit.pipeline.dense import dense_model
 from prunelimit.pipeline.gp import run_gp
 from prunelimit.pipeline.limit import run_limit
@@ -17,8 +17,10 @@ def run_pipeline(cfg: RunConfig, argv: list[str] | None = None, *, allow_pickle:
     start = time.time()
     ctx = setup(cfg, argv, allow_pickle=allow_pickle)
     say(f"run directory: {ctx.run.path}  (device {ctx.device})")
-    data = load_data(cfg)
-    model, dense_record = dense_model(ctx, data)
+    with timed(ctx, "data"):
+        data = load_data(cfg)
+    with timed(ctx, "dense"):
+        model, dense_record = dense_model(ctx, data)
     summary: dict = {"pipeline": cfg.pipeline, "run_dir": str(ctx.run.path), "model": cfg.model.name,
                      "dataset": cfg.data.dataset, "dense": dense_record}
     if cfg.pipeline in ("limit", "default"):
@@ -33,8 +35,10 @@ def run_pipeline(cfg: RunConfig, argv: list[str] | None = None, *, allow_pickle:
                 sparsity = round(predicted, 4)
                 say(f"pruning with GP and GP+MT at the predicted limit: sparsity {sparsity}")
         summary["sparsity"] = sparsity
-        summary["gp"] = run_gp(ctx, model, dense_record, data, sparsity)
+        with timed(ctx, "gp"):
+            summary["gp"] = run_gp(ctx, model, dense_record, data, sparsity)
     summary["seconds"] = round(time.time() - start, 1)
+    summary["stage_seconds"] = dict(ctx.timings)   # this command's wall time per stage (finished ones: reload)
     write_summary(ctx.run.path, summary)
     print_summary(summary)
     return summary

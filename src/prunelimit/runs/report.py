@@ -37,7 +37,7 @@ def _limit_lines(lim: dict) -> list[str]:
     for rule, v in actual.items():
         if v.get("prune_fraction") is None and v.get("reason"):
             lines.append(f"    ({rule}, {v.get('reading')}: no limit - {v['reason']})")
-    others = [f"{rule} {rd} {_frac(o.get('prune_fraction')) if o.get('prune_fraction') is not None else 'none'}" for rule, v in actual.items()
+    others = [f"{rule} read as {rd}: {_frac(o.get('prune_fraction')) if o.get('prune_fraction') is not None else 'none'}" for rule, v in actual.items()
               for rd, o in (v.get("readings") or {}).items()
               if rd != v.get("reading") and o.get("prune_fraction") != v.get("prune_fraction")]
     if others:
@@ -94,7 +94,9 @@ def summary_lines(s: dict) -> list[str]:
                 names = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
                 lines.append(f"  {sub}/: {', '.join(names)}")
     if s.get("seconds") is not None:
-        lines.append(f"Finished in {s['seconds']} s.")
+        stages = s.get("stage_seconds") or {}
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
+        lines.append(f"Finished in {s['seconds']} s" + (f" (seconds per stage: {parts})." if parts else "."))
     return lines
 
 
