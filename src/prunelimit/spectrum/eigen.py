@@ -52,7 +52,7 @@ def top_eigenvalues(op, k: int, *, max_iter: int = 100, tol: float = 1e-4, seed:
         warnings.warn(f"top_eigenvalues: {m} Lanczos steps (max_iter={max_iter}) left relative residuals "
                       f"{(resid / scale).max().item():.2e} > tol={tol:g}; raise max_iter for more accuracy",
                       RuntimeWarning, stacklevel=2)
-    basis = run.basis[0, :m]                                              # (m, dim)
+    basis = run.probe_basis(0)                                           # (m, dim)
     vectors = evecs[:, top].T.to(basis) @ basis                           # (k, dim) Ritz vectors
     vectors = vectors / vectors.double().norm(dim=1, keepdim=True).to(vectors)
     return evals[top].clone(), vectors

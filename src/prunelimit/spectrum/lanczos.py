@@ -14,15 +14,16 @@ component in them). ``steps <= dim`` always, so a fresh direction exists until t
 from __future__ import annotations
 
 import logging
-import math
+import time
 from dataclasses import dataclass, field
 
 import torch
 from tqdm import tqdm
 
 from prunelimit import dist
-from prunelimit.spectrum.operator import apply_operator
 from prunelimit.errors import PrunelimitError
+from prunelimit.spectrum.operator import apply_operator
+from prunelimit.spectrum.reductions import dot64, norm64, project64
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,17 @@ class LanczosInfo:
 
 
 class _LanczosRun:
-    """Lock-step Lanczos over P start vectors; ``advance`` extends all of them (up to ``capacity``)."""
+    """Lock-step Lanczos over P start vectors; ``advance`` extends all of them (up to ``capacity``).
+
+    The step is memory-bound at scale, so it touches each full-length vector as few times as possible:
+    the current vector q_j IS row j of the basis buffer (no separate copies), the three-term update and
+    the re-orthogonalisation are in place on the HVP's output w, the normalised residual is written
+    straight into row j+1, and nothing full-length is allocated per step. Dot products and norms are
+    float32 BLAS calls over chunks summed in float64 (reductions.py): float64-accurate without float64
+    copies. Per step (P = 1, m = j+1 basis vectors): one dot (q, w), one fused update
+    w -= alpha q + beta q_prev, one GEMV + one rank-m update against the basis (re-orthogonalisation;
+    both read the m basis vectors, the only part that grows with j), one norm, one scaled copy.
+    """
 
     def __init__(self, op, start: torch.Tensor, capacity: int, *, reorthogonalize: bool = True,
                  seed: int = 0, show_progress: bool = False, desc: str = "Lanczos"):
@@ -89,7 +100,9 @@ class _LanczosRun:
         dtype, device = _op_dtype(op), _op_device(op)
         P, dim = start.shape
         self.P, self.dim, self.capacity = P, dim, capacity
-        self.basis = torch.empty(P, capacity, dim, dtype=dtype, device=device)  # the one flat buffer
+        # the one flat buffer, step-major: row j holds all probes' j-th vectors contiguously, so a
+        # step writes (and a checkpoint appends) one contiguous block
+        self.basis = torch.empty(capacity, P, dim, dtype=dtype, device=device)
         self.alpha = torch.zeros(P, capacity, dtype=torch.float64)
         self.beta = torch.zeros(P, max(capacity - 1, 0), dtype=torch.float64)
         self.residual = torch.zeros(P, dtype=torch.float64)  # raw ||w|| after the last step
@@ -98,42 +111,51 @@ class _LanczosRun:
         self.restarts: list[list[int]] = [[] for _ in range(P)]
         self.scale = torch.zeros(P, dtype=torch.float64)      # running max of |alpha|, beta ≈ ||H||
         self.gen = torch.Generator().manual_seed(int(seed) + 7919)  # restart vectors
-        q = start.to(device=device, dtype=dtype)
-        norms = q.double().norm(dim=1)
+        self._scratch: torch.Tensor | None = None             # HVP output of the last step (no next row)
+        self.hvp_seconds = self.bookkeeping_seconds = 0.0     # see _account
+        self.second_passes = 0                                 # DGKS repeats of the re-orthogonalisation
+        q = self.basis[0]
+        q.copy_(start)
+        norms = norm64(q)
         if not torch.all(norms > 0):
             raise PrunelimitError("a Lanczos start vector is zero; pass a non-zero v0")
-        self.q = q / norms.to(dtype)[:, None]
-        self.q_prev = torch.zeros_like(self.q)
-        self.beta_prev = torch.zeros(P, dtype=dtype, device=device)
+        for p in range(P):
+            q[p].mul_(1.0 / float(norms[p]))
         self.j = 0
 
-    def _orthogonalize(self, w: torch.Tensor, upto: int) -> torch.Tensor:
-        """Remove the components of each row of w (P, dim) along its probe's first ``upto`` vectors.
+    def _orthogonalize(self, w: torch.Tensor, upto: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Remove in place the components of each row of w (P, dim) along its probe's first ``upto``
+        basis vectors. Returns float64 (P,) tensors: the squared norms of the rows afterwards, and the
+        total coefficient removed along the last basis vector (q_j) per row.
 
-        Classical Gram-Schmidt as two batched matmuls (memory-bound: each pass reads the basis twice),
-        repeated only when the pass removed a large part of w (the DGKS "twice is enough" test,
-        ‖w'‖ < ‖w‖/√2). After the three-term recurrence the remaining components are at round-off
-        level, so one pass is almost always enough."""
-        Q = self.basis[:, :upto]                              # (P, upto, dim)
-        before = w.double().norm(dim=1)
-        for _ in range(2):
-            coeff = torch.bmm(Q, w.unsqueeze(2))              # (P, upto, 1)
-            w = w - torch.bmm(coeff.transpose(1, 2), Q).squeeze(1)
-            after = w.double().norm(dim=1)
-            if bool(torch.all(after >= before / math.sqrt(2))):
-                break
-            before = after
-        return w
+        Classical Gram-Schmidt: coefficients c = Q w (chunked, float64 sums), then w -= Q^T c
+        (one GEMV-transpose, in place). A second pass runs only when the first removed a large part
+        of w (the DGKS "twice is enough" test ‖w'‖ < ‖w‖/√2), with ‖w‖² = ‖w'‖² + ‖c‖² for an
+        orthonormal Q, so the test needs no extra norm. After the three-term recurrence the remaining
+        components are at round-off level and one pass is almost always enough."""
+        norms2 = torch.zeros(self.P, dtype=torch.float64)
+        last = torch.zeros(self.P, dtype=torch.float64)
+        for p in range(self.P):
+            Q = self.basis[:upto, p]                                       # (upto, dim)
+            for attempt in range(2):
+                c = project64(Q, w[p])                                     # (upto,) float64
+                w[p].addmv_(Q.T, c.to(w.dtype), alpha=-1)
+                last[p] += float(c[-1])
+                norms2[p] = float(dot64(w[p:p + 1], w[p:p + 1])[0])
+                if attempt or norms2[p] >= 0.5 * (norms2[p] + float(c.square().sum())):
+                    break
+                self.second_passes += 1
+        return norms2, last
 
     def _restart_vector(self, p: int, upto: int) -> torch.Tensor | None:
         r = torch.randn(self.dim, generator=self.gen, dtype=torch.float64).to(self.basis)
-        Q = self.basis[p, :upto]
+        Q = self.basis[:upto, p]
         for _ in range(2):
-            r = r - Q.T @ (Q @ r)
-        norm = r.double().norm().item()
+            r.addmv_(Q.T, project64(Q, r).to(r.dtype), alpha=-1)
+        norm = float(norm64(r[None])[0])
         if norm <= 1e-3:  # nothing left outside the basis (only possible when upto == dim)
             return None
-        return r / norm
+        return r.mul_(1.0 / norm)
 
     def advance(self, steps: int) -> None:
         end = min(self.j + steps, self.capacity)
@@ -143,17 +165,37 @@ class _LanczosRun:
         for j in bar:
             if not any(self.active):
                 break
-            self.basis[:, j] = self.q
-            w = apply_operator(self.op, self.q)
-            if not torch.isfinite(w).all():
+            q = self.basis[j]                                                  # (P, dim)
+            # w = H q is written straight into the next basis row, updated there in place and
+            # normalised there: the step allocates no full-length vector
+            last = j + 1 == self.capacity
+            if last and self._scratch is None:
+                self._scratch = torch.empty_like(q)
+            started = time.perf_counter()
+            w = apply_operator(self.op, q, out=self._scratch if last else self.basis[j + 1])
+            hvp_done = time.perf_counter()
+            # alpha_j = q_j·w. With re-orthogonalisation a float32 estimate suffices here: the exact
+            # remainder (alpha_j - estimate) q_j stays in w and the float64-accurate projection onto
+            # the basis measures and removes it, so alpha_j = estimate + c_j (one dot product saved).
+            a_dev = (torch.stack([torch.dot(q[p], w[p]) for p in range(self.P)]).double() if self.reorth
+                     else dot64(q, w))                                            # (P,) float64
+            # w -= alpha_j q_j + beta_{j-1} q_{j-1}: one in-place GEMV over the two vectors per probe
+            for p in range(self.P):
+                if j == 0:
+                    w[p].add_(q[p], alpha=-float(a_dev[p]))
+                else:
+                    coef = torch.tensor([-float(self.beta[p, j - 1]), -float(a_dev[p])], dtype=w.dtype)
+                    w[p].addmv_(self.basis[j - 1:j + 1, p].T, coef.to(w.device))
+            if self.reorth:
+                norms2, remainder = self._orthogonalize(w, j + 1)
+                a_dev = a_dev.to(w.dtype).double() + remainder.to(a_dev.device)  # the float32 alpha used above
+                b_dev = norms2.sqrt()
+            else:
+                b_dev = norm64(w)
+            a, b = a_dev.cpu(), b_dev.cpu()                                   # bookkeeping on CPU
+            if not (torch.isfinite(a).all() and torch.isfinite(b).all()):  # a non-finite w makes both so
                 raise PrunelimitError(f"Hessian-vector product is not finite at step {j}; the model/loss has "
                                  "inf/nan at these weights (check the checkpoint, the data and the loss)")
-            a = (self.q.double() * w.double()).sum(dim=1)                     # (P,) on the device
-            w = w - a.to(w.dtype)[:, None] * self.q - self.beta_prev[:, None] * self.q_prev
-            if self.reorth:
-                w = self._orthogonalize(w, j + 1)
-            b_dev = w.double().norm(dim=1)
-            a, b = a.cpu(), b_dev.cpu()                                       # bookkeeping on CPU
             self.alpha[:, j] = a
             self.residual = b.clone()
             self.scale = torch.maximum(self.scale, torch.maximum(a.abs(), b))
@@ -161,25 +203,35 @@ class _LanczosRun:
                 if self.active[p]:
                     self.lengths[p] = j + 1
             self.j = j + 1
-            if j + 1 == self.capacity:
+            if last:
+                self._account(started, hvp_done)
                 break
-            q_next = w / b_dev.to(w.dtype).clamp_min(torch.finfo(w.dtype).tiny)[:, None]  # broken rows replaced below
             broke = b <= 100 * eps * self.scale
-            for p in torch.nonzero(broke).flatten().tolist():
-                if not self.active[p]:
-                    q_next[p] = 0
+            for p in range(self.P):
+                if not broke[p]:
+                    w[p].mul_(1.0 / float(b[p]))
                     continue
-                r = self._restart_vector(p, j + 1)
+                r = self._restart_vector(p, j + 1) if self.active[p] else None
                 if r is None:
                     self.active[p] = False
-                    q_next[p] = 0
+                    w[p].zero_()
                 else:
-                    q_next[p] = r
+                    w[p].copy_(r)
                     b[p] = 0.0
                     self.restarts[p].append(j + 1)
             self.beta[:, j] = b
-            self.q_prev, self.q = self.q, q_next
-            self.beta_prev = b.to(w.dtype).to(w.device)
+            self._account(started, hvp_done)
+
+    def _account(self, started: float, hvp_done: float) -> None:
+        # wall time of the HVPs and of everything else in the steps (the "Lanczos overhead"); on CUDA
+        # the .cpu() of alpha/beta synchronises once per step, so the split is approximate there
+        now = time.perf_counter()
+        self.hvp_seconds += hvp_done - started
+        self.bookkeeping_seconds += now - hvp_done
+
+    def probe_basis(self, p: int) -> torch.Tensor:
+        """(steps done, dim) orthonormal Lanczos vectors of probe p (a view of the buffer)."""
+        return self.basis[:self.lengths[p], p]
 
     def tridiagonal(self, p: int, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.lengths[p] if length is None else length
@@ -210,7 +262,7 @@ def lanczos_tridiagonal(op, steps: int, *, v0: torch.Tensor | None = None, seed:
                       show_progress=show_progress)
     run.advance(steps)
     alpha, beta = run.tridiagonal(0)
-    info = LanczosInfo(basis=run.basis[0, :run.lengths[0]], steps=run.lengths[0],
+    info = LanczosInfo(basis=run.probe_basis(0), steps=run.lengths[0],
                        restarts=run.restarts[0], residual=float(run.residual[0]))
     return alpha, beta, info
 

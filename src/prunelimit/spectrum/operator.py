@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
+import inspect
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -235,63 +236,80 @@ class HessianOperator:
         self._gradient = None
 
     # ------------------------------------------------------------------ products
-    def _backward(self, graph: Sequence[torch.Tensor | None], V: torch.Tensor, retain: bool) -> torch.Tensor:
-        """(k, dim) rows of V·∂g/∂θ for the per-parameter gradient tuple ``graph`` = g; for g = ∇L
-        this is (H V^T)^T = V H (H symmetric)."""
+    def _backward(self, graph: Sequence[torch.Tensor | None], V: torch.Tensor, retain: bool,
+                  into: torch.Tensor) -> None:
+        """Add to ``into`` (k, dim) the rows of V·∂g/∂θ for the per-parameter gradient tuple ``graph``
+        = g; for g = ∇L this is (H V^T)^T = V H (H symmetric). Accumulating into per-parameter views
+        of one buffer allocates no full-length vector (at 11 M parameters each one costs ~50 ms of
+        page faults on CPU)."""
         k = V.shape[0]
         live = [(g, start, p) for g, start, p in zip(graph, self._starts, self.params)
                 if g is not None and g.requires_grad]  # the others do not depend on θ: 0 rows of H
         if not live:
-            return torch.zeros_like(V)
+            return
         outputs = [g for g, _, _ in live]
 
         def cut(rows: torch.Tensor) -> list[torch.Tensor]:  # (..., dim) -> per-parameter (..., *shape)
             return [rows[..., s:s + p.numel()].reshape(*rows.shape[:-1], *p.shape) for _, s, p in live]
 
+        def add(target: torch.Tensor, grads, batch: bool) -> None:
+            for g, start, p in zip(grads, self._starts, self.params):
+                if g is not None:  # view the target slice in g's shape: g may be strided (no copy)
+                    target[..., start:start + p.numel()].view(g.shape).add_(g)
+
         if k > 1 and self.batched_hvp:
             try:
                 out = torch.autograd.grad(outputs, self.params, grad_outputs=cut(V), retain_graph=True,
                                           allow_unused=True, is_grads_batched=True)
-                return _flat(out, self.params, batch=k)
+                add(into, out, batch=True)
+                return
             except (RuntimeError, NotImplementedError):
                 self.batched_hvp = False  # some op lacks a vmap rule: loop over the vectors instead
-        rows = []
         for i in range(k):
             out = torch.autograd.grad(outputs, self.params, grad_outputs=cut(V[i]),
                                       retain_graph=retain or i < k - 1, allow_unused=True)
-            rows.append(_flat(out, self.params))
-        return torch.stack(rows)
+            add(into[i], out, batch=False)
 
-    def _local_hvp(self, V: torch.Tensor) -> torch.Tensor:
+    def _local_hvp(self, V: torch.Tensor, out: torch.Tensor) -> None:
         if self.cached:
-            return self._backward(self._graph, V, retain=True)
-        out, count = torch.zeros_like(V), 0
+            self._backward(self._graph, V, retain=True, into=out)
+            return
+        count = 0
         with _eval_mode(self.model):
             for i, (x, y, n) in enumerate(self._batches("Hessian: HVP")):
                 with self._graph_mode():
                     loss = self._batch_loss(x, y, i)
                 g = torch.autograd.grad(loss * (n / self.num_samples), self.params, create_graph=True,
                                         allow_unused=True)
-                out += self._backward(g, V, retain=False)
+                self._backward(g, V, retain=False, into=out)
                 count += n
         if count != self.local_count:
             raise PrunelimitError(f"batches gave {count} samples in this pass but {self.local_count} when the "
                              "operator was built; the data must be the same on every pass (no drop_last "
                              "with shuffling, no changing dataset)")
-        return out
 
-    def matmat(self, V: torch.Tensor) -> torch.Tensor:
-        """H applied to each row of ``V`` (k, dim); returns (k, dim) in V's dtype and device."""
+    def matmat(self, V: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """H applied to each row of ``V`` (k, dim); returns (k, dim) in V's dtype and device.
+
+        ``out`` (k, dim): a buffer to write the result into (Lanczos passes its next basis row, so an
+        HVP allocates no full-length vector); it must not overlap V."""
         if V.ndim != 2 or V.shape[1] != self.dim:
             raise PrunelimitError(f"vectors must have shape (k, {self.dim}); got {tuple(V.shape)}")
         W = V.detach().to(device=self.device, dtype=self.dtype)
+        direct = (out is not None and out.shape == V.shape and out.dtype == self.dtype
+                  and out.device == self.device and out.is_contiguous())  # all_reduce needs contiguous
+        result = out if direct else torch.empty_like(W)
+        result.zero_()
         with torch.enable_grad():
-            out = self._local_hvp(W)
-        dist.all_reduce_sum(out)
+            self._local_hvp(W, result)
+        dist.all_reduce_sum(result)
         if self._reg_graph is not None:  # added after the reduction so it counts once, not per rank
-            out += self._backward(self._reg_graph, W, retain=True)
+            with torch.enable_grad():
+                self._backward(self._reg_graph, W, retain=True, into=result)
         self.num_matvecs += V.shape[0]
-        return out.to(device=V.device, dtype=V.dtype)
+        if out is not None and not direct:
+            return out.copy_(result)
+        return result.to(device=V.device, dtype=V.dtype)
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """H v for a flat vector of length ``dim``; returned in v's dtype and device."""
@@ -344,16 +362,24 @@ class MatrixOperator:
         self.dtype, self.device = matrix.dtype, matrix.device
         self.num_matvecs = 0
 
-    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+    def matmat(self, V: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         self.num_matvecs += V.shape[0]
-        return (V.to(self.matrix) @ self.matrix).to(V)  # V H = (H V^T)^T, H symmetric
+        result = (V.to(self.matrix) @ self.matrix).to(V)  # V H = (H V^T)^T, H symmetric
+        return result if out is None else out.copy_(result)
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         return self.matmat(v.unsqueeze(0)).squeeze(0)
 
 
-def apply_operator(op, V: torch.Tensor) -> torch.Tensor:
-    """H V^T row-wise for any operator: its ``matmat`` if it has one, else ``matvec`` per row."""
+def apply_operator(op, V: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """H V^T row-wise for any operator: its ``matmat`` if it has one, else ``matvec`` per row.
+
+    ``out``: where to write the result; passed on to a ``matmat(V, out=...)`` that accepts it (the
+    operators here do), otherwise the result is copied into it."""
     if hasattr(op, "matmat"):
-        return op.matmat(V)
-    return torch.stack([op.matvec(v) for v in V])
+        if out is not None and "out" in inspect.signature(op.matmat).parameters:
+            return op.matmat(V, out=out)
+        result = op.matmat(V)
+    else:
+        result = torch.stack([op.matvec(v) for v in V])
+    return result if out is None else out.copy_(result)
