@@ -34,6 +34,8 @@ _EXPORTS = {
     "register_prunable_layer": "prunelimit.pruning",
     "unwrap_model": "prunelimit.pruning",
     "MaskEnforcer": "prunelimit.train",
+    "causal_lm_loss": "prunelimit.train",
+    "model_loss": "prunelimit.train",
     "model_info": "prunelimit.models",
     "init_weights": "prunelimit.models",
     "dataset_info": "prunelimit.data",

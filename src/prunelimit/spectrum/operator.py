@@ -34,6 +34,7 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import inspect
+import warnings
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -42,7 +43,9 @@ from tqdm import tqdm
 
 from prunelimit import dist
 from prunelimit.pruning.prunable import layer_parameters
-from prunelimit.spectrum.lean_graphs import LeanGraphMode
+from prunelimit.pruning.names import unwrap_model
+from prunelimit.spectrum.second_order import missing_derivative, second_order_forward
+from prunelimit.train.batches import ModelLoss, batch_size, call_model, split_batch, to_device
 from prunelimit.errors import PrunelimitError
 
 CACHE_MAX_SAMPLES = 20_000
@@ -68,14 +71,6 @@ def _eval_mode(model: nn.Module):
             m.training = training
 
 
-def _batch_size(inputs, targets) -> int:
-    ref = targets if isinstance(targets, torch.Tensor) and targets.ndim > 0 else inputs
-    if not isinstance(ref, torch.Tensor) or ref.ndim == 0:
-        raise PrunelimitError("each batch must be (inputs, targets) with a leading batch dimension; "
-                         f"got inputs of type {type(inputs).__name__}")
-    return int(ref.shape[0])
-
-
 def _flat(grads: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor],
           batch: int | None = None) -> torch.Tensor:
     """Concatenate per-parameter gradients into one flat vector (or (batch, dim) rows);
@@ -94,7 +89,12 @@ class HessianOperator:
     """H of the size-weighted mean loss over ``batches`` (+ ``regularizer``) w.r.t. ``params``.
 
     ``batches`` must be re-iterable (a list or a DataLoader); each item is ``(inputs, targets)`` and
-    ``loss_fn(model(inputs), targets)`` must return the batch's MEAN loss. Under DDP each rank passes
+    ``loss_fn(model(inputs), targets)`` must return the batch's MEAN loss. As in training (see
+    ``train/batches.py``), inputs may be a tensor, a tuple (positional) or a dict (keyword arguments), the
+    loss receives the model's raw output, and ``pl.model_loss(fn)`` with ``fn(model, batch)`` takes any
+    batch. Forwards run under the math attention kernel and with ``hardsigmoid`` decomposed, so models with
+    attention and MobileNet-V3 have second derivatives (``second_order.py``); a compiled or DataParallel
+    model is differentiated through its plain module. Under DDP each rank passes
     its own shard; HVPs and counts are summed over ranks so every rank sees the full-data H v.
     Random augmentation in ``batches`` changes H between passes: use deterministic transforms.
     """
@@ -106,8 +106,8 @@ class HessianOperator:
                  regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
                  device: torch.device | str | None = None, cache_graph: bool | str = "auto",
                  show_progress: bool = False):
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module  # DDP's hooks do not support double backward; its module does
+        # DDP's hooks do not support double backward, nor does a compiled graph: use the plain module
+        model = unwrap_model(model)
         named = hessian_parameters(model) if params is None else list(params)
         if not named:
             what = ("has no trainable Conv1d/Conv2d/Linear parameters" if params is None
@@ -128,6 +128,7 @@ class HessianOperator:
             raise PrunelimitError("batches is a one-shot iterator; pass something re-iterable such as a "
                              "list of (inputs, targets) or a DataLoader")
         self.model, self.loss_fn, self.batches = model, loss_fn, batches
+        self._cache_mode = cache_graph
         self.regularizer = regularizer
         self.param_names = [n for n, _ in named]
         self.params = [p for _, p in named]
@@ -158,18 +159,21 @@ class HessianOperator:
         bar = tqdm(self.batches, desc=desc, leave=False,
                    disable=not (self.show_progress and dist.is_main()))
         for i, item in enumerate(bar):
-            try:
-                inputs, targets = item
-            except (TypeError, ValueError):
-                raise PrunelimitError(f"batch {i} is not an (inputs, targets) pair; got {type(item).__name__}") from None
-            yield inputs.to(self.device), targets.to(self.device), _batch_size(inputs, targets)
+            if isinstance(self.loss_fn, ModelLoss):
+                yield to_device(item, self.device), None, batch_size(item)
+                continue
+            inputs, targets = split_batch(item, f"batch {i}")
+            yield to_device(inputs, self.device), to_device(targets, self.device), batch_size((inputs, targets))
 
     def _graph_mode(self):
         """Context for forward passes whose gradient graph will be differentiated again."""
-        return LeanGraphMode() if self.lean_graphs else contextlib.nullcontext()
+        return second_order_forward(self.lean_graphs)
 
     def _batch_loss(self, inputs, targets, i: int) -> torch.Tensor:
-        loss = self.loss_fn(self.model(inputs), targets)
+        if isinstance(self.loss_fn, ModelLoss):
+            loss = self.loss_fn(self.model, inputs)  # inputs is the whole batch here
+        else:
+            loss = self.loss_fn(call_model(self.model, inputs), targets)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise PrunelimitError(f"loss_fn must return the batch's mean loss as a scalar tensor; batch {i} "
                              f"gave {type(loss).__name__} of shape {getattr(loss, 'shape', None)}")
@@ -301,7 +305,10 @@ class HessianOperator:
         result = out if direct else torch.empty_like(W)
         result.zero_()
         with torch.enable_grad():
-            self._local_hvp(W, result)
+            try:
+                self._local_hvp(W, result)
+            except (RuntimeError, NotImplementedError) as err:
+                self._retry_plain(err, W, result)
         dist.all_reduce_sum(result)
         if self._reg_graph is not None:  # added after the reduction so it counts once, not per rank
             with torch.enable_grad():
@@ -310,6 +317,26 @@ class HessianOperator:
         if out is not None and not direct:
             return out.copy_(result)
         return result.to(device=V.device, dtype=V.dtype)
+
+    def _retry_plain(self, err: BaseException, W: torch.Tensor, result: torch.Tensor) -> None:
+        """An HVP failed: without lean graphs, rebuild with PyTorch's plain double backward (saying so
+        once) and retry; an op with no second derivative at all is a one-line error naming it."""
+        op = missing_derivative(err)
+        if self.lean_graphs:
+            warnings.warn(f"Hessian: the lean second-order graphs failed ({op or type(err).__name__}); "
+                          f"using PyTorch's plain double backward for this model", stacklevel=3)
+            self.lean_graphs = False
+            self._build(self._cache_mode)
+            result.zero_()
+            try:
+                return self._local_hvp(W, result)
+            except (RuntimeError, NotImplementedError) as again:
+                err, op = again, missing_derivative(again)
+        if op is None:
+            raise err
+        raise PrunelimitError(f"the Hessian needs second derivatives, but PyTorch has no derivative for {op} "
+                              f"(the backward of an op in {type(self.model).__name__}); replace that op by a "
+                              f"twice-differentiable one, or pass params= without the layers before it") from None
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """H v for a flat vector of length ``dim``; returned in v's dtype and device."""

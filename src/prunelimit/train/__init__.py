@@ -7,6 +7,7 @@
 import sys
 import types
 
+from prunelimit.train.batches import ModelLoss, causal_lm_loss, model_loss
 from prunelimit.train.config import GP_FINETUNE_DEFAULTS, TrainConfig, gp_finetune_config
 from prunelimit.train.evaluate import evaluate
 from prunelimit.train.loop import LOG_COLUMNS, TrainingDiverged, TrainResult, finetune, train
@@ -22,6 +23,9 @@ __all__ = [
     "LOG_COLUMNS",
     "LRSchedule",
     "MaskEnforcer",
+    "ModelLoss",
+    "causal_lm_loss",
+    "model_loss",
     "TrainConfig",
     "TrainResult",
     "TrainingDiverged",

@@ -9,7 +9,6 @@ row to the per-epoch CSV and save ``checkpoint_last.pth.tar`` / ``model_best.pth
 from __future__ import annotations
 
 import warnings
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -26,7 +25,8 @@ from prunelimit.runs.checkpoint import check_state_dict
 from prunelimit.runs.io import write_csv
 from prunelimit.train import state as st
 from prunelimit.train.config import GP_REFERENCE_BATCH, TrainConfig, gp_finetune_config
-from prunelimit.train.evaluate import evaluate, split_batch, topk_correct
+from prunelimit.train.batches import Objective
+from prunelimit.train.evaluate import evaluate
 from prunelimit.train.masking import MaskEnforcer, verify_same_on_all_ranks, zero_fraction_percent
 from prunelimit.train.objective import make_criterion, l1_penalty
 from prunelimit.train.schedule import LRSchedule
@@ -59,7 +59,7 @@ class TrainResult:
 def train(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *, device=None, masks=None,
           run_dir=None, log_name: str = "train_log.csv", orig_acc: float | None = None, resume: bool = True,
           show_progress: bool = True, num_classes: int | None = None,
-          stop_after_epoch: int | None = None) -> TrainResult:
+          stop_after_epoch: int | None = None, loss_fn=None, metrics_fn=None) -> TrainResult:
     """Train ``model`` in place for ``cfg.epochs`` epochs and return a ``TrainResult``.
 
     ``masks`` ({parameter name: bool tensor, True = kept}) keeps the pruned weights exactly zero.
@@ -68,6 +68,10 @@ def train(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *, devi
     and a finished run returns its recorded result at once. ``orig_acc`` fills the "Orig Acc" column
     (measured on ``test_loader`` before epoch 1 when None). ``stop_after_epoch`` stops after that
     epoch as if the process had crashed (for tests). Under torchrun the model is wrapped in DDP.
+    ``loss_fn(output, target)`` (the model's raw output: tensor, tuple, dict, ModelOutput) or
+    ``pl.model_loss(fn)`` replaces the configured criterion (label smoothing then unused), for any model
+    and batch layout (see ``train/batches.py``); ``metrics_fn(output, target) -> {name: batch mean}`` adds
+    evaluation metrics. Without accuracy (not a classifier) the best model is the one of lowest test loss.
     """
     if not isinstance(cfg, TrainConfig):
         raise PrunelimitError(f"cfg must be a prunelimit.train.TrainConfig, got {type(cfg).__name__}")
@@ -90,12 +94,16 @@ def train(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *, devi
     schedule = LRSchedule(optimizer, cfg, len(train_loader))
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-    criterion = make_criterion(cfg, num_classes)
+    if loss_fn is not None and cfg.label_smoothing > 0:
+        warnings.warn(f"train.label_smoothing={cfg.label_smoothing} is not used: loss_fn replaces the criterion",
+                      stacklevel=2)
+    objective = Objective(make_criterion(cfg, num_classes), loss_fn, metrics_fn)
     eval_kw = dict(device=device, criterion=cfg.criterion, num_classes=num_classes,
                    label_smoothing=cfg.label_smoothing, l1_lambda=cfg.l1_lambda, l1_params=cfg.l1_params,
-                   amp=use_amp)
+                   amp=use_amp, loss_fn=loss_fn, metrics_fn=metrics_fn)
 
     start_epoch, best_top1, history, final, resumed_from = 0, float("nan"), [], {}, None
+    best_loss = float("inf")  # picks the best model when accuracy does not apply
     ckpt_path = st.find_resume_checkpoint(run_dir, resume, device)
     if ckpt_path is not None:
         saved = st.load_last(ckpt_path, cfg)
@@ -110,6 +118,7 @@ def train(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *, devi
             scaler.load_state_dict(saved["scaler"])
         start_epoch = resumed_from = int(saved["epoch"])
         best_top1, history, final = float(saved["best_top1"]), list(saved["history"]), dict(saved.get("final", {}))
+        best_loss = float(saved.get("best_loss", float("inf")))
         orig_acc = saved.get("orig_acc") if orig_acc is None else orig_acc
         if len(saved["rng"]) == dist.world_size():
             st.restore_rng_state(saved["rng"][dist.rank()])
@@ -127,6 +136,7 @@ def train(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *, devi
     _broadcast_state(model, with_parameters=True)  # ranks may have initialised differently
     if orig_acc is None and test_loader is not None:
         orig_acc = evaluate(model, test_loader, **eval_kw)["top1"]
+        orig_acc = None if orig_acc != orig_acc else orig_acc
 
     net = model
     if dist.is_distributed():
@@ -136,7 +146,7 @@ def train(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *, devi
     for epoch in range(start_epoch, cfg.epochs):
         _set_loader_epoch(train_loader, epoch)
         lr = optimizer.param_groups[0]["lr"]
-        tr = _train_one_epoch(net, model, train_loader, optimizer, schedule, scaler, criterion, cfg, enforcer,
+        tr = _train_one_epoch(net, model, train_loader, optimizer, schedule, scaler, objective, cfg, enforcer,
                               device, epoch, use_amp, show_progress, run_dir)
         epochs_run += 1
         _broadcast_state(model, with_parameters=False)
@@ -144,8 +154,12 @@ def train(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *, devi
         te = None
         if test_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
             te = evaluate(model, test_loader, **eval_kw)
-        improved = te is not None and not te["top1"] <= best_top1  # also true while best is nan
-        if improved:
+        if te is not None and te["top1"] != te["top1"]:  # no accuracy (e.g. a language model): lowest test loss
+            improved = not te["loss"] >= best_loss
+            best_loss = min(best_loss, te["loss"])
+        else:
+            improved = te is not None and not te["top1"] <= best_top1  # also true while best is nan
+        if improved and te["top1"] == te["top1"]:
             best_top1 = te["top1"]
         pruned = zero_fraction_percent(model)
         history.append(_log_row(epoch, lr, orig_acc, pruned, tr, te, best_top1))
@@ -159,7 +173,7 @@ def train(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *, devi
             if cfg.save_every_epoch or last:
                 st.save_last(run_dir, {
                     "model": weights, "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
-                    "scaler": scaler.state_dict(), "epoch": epoch + 1, "best_top1": best_top1,
+                    "scaler": scaler.state_dict(), "epoch": epoch + 1, "best_top1": best_top1, "best_loss": best_loss,
                     "orig_acc": orig_acc, "history": history, "final": final, "rng": rng,
                     "config": asdict(cfg), "world_size": dist.world_size(),
                     "mask_checksum": enforcer.checksum() if enforcer is not None else None})
@@ -183,22 +197,19 @@ def finetune(model: nn.Module, masks, train_loader, test_loader, cfg: TrainConfi
     return train(model, train_loader, test_loader, cfg, masks=masks, **kw)
 
 
-def _train_one_epoch(net, model, loader, optimizer, schedule, scaler, criterion, cfg, enforcer, device, epoch,
+def _train_one_epoch(net, model, loader, optimizer, schedule, scaler, objective, cfg, enforcer, device, epoch,
                      use_amp, show_progress, run_dir) -> dict:
     net.train()
-    # (objective sum, top-1 hits, top-5 hits, samples), summed on the device and reduced once per epoch
-    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    # (objective sum, top-1 hits, top-5 hits, samples, samples with accuracy), summed on the device and
+    # reduced once per epoch
+    sums = torch.zeros(5, dtype=torch.float64, device=device)
+    autocast = torch.autocast(device.type, dtype=torch.float16) if use_amp else None
     no_bad = torch.iinfo(torch.int64).max
     first_bad = torch.full((), no_bad, dtype=torch.int64, device=device)  # first iteration with a non-finite loss
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                disable=not show_progress or not dist.is_main())
     for i, batch in enumerate(bar):
-        x, y = split_batch(batch, "the training loader")
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.float16) if use_amp else nullcontext():
-            logits = net(x)
-        logits = logits.float()
-        loss = criterion(logits, y)
+        loss, n, hits, _ = objective.forward(net, batch, device, autocast, "the training loader")
         if cfg.l1_lambda > 0:
             loss = loss + cfg.l1_lambda * l1_penalty(model, cfg.l1_params)
         bad = ~torch.isfinite(loss.detach())
@@ -213,17 +224,18 @@ def _train_one_epoch(net, model, loader, optimizer, schedule, scaler, criterion,
         if enforcer is not None:
             enforcer.apply_to_weights()
         schedule.after_iteration(epoch)
-        c1, c5 = topk_correct(logits.detach(), y)
-        n = y.shape[0]
+        c1, c5 = hits if hits is not None else (torch.zeros((), device=device),) * 2
         sums += torch.stack([loss.detach().double() * n, c1.double(), c5.double(),
-                             torch.tensor(float(n), dtype=torch.float64, device=device)])
+                             torch.tensor(float(n), dtype=torch.float64, device=device),
+                             torch.tensor(float(n if hits is not None else 0), dtype=torch.float64, device=device)])
         if (i + 1) % DIVERGENCE_CHECK_EVERY == 0:
             _raise_if_diverged(first_bad, no_bad, epoch, optimizer, run_dir)
     _raise_if_diverged(first_bad, no_bad, epoch, optimizer, run_dir)
     dist.all_reduce_sum(sums)
-    count = max(float(sums[3]), 1.0)
-    return {"loss": float(sums[0]) / count, "top1": 100.0 * float(sums[1]) / count,
-            "top5": 100.0 * float(sums[2]) / count}
+    count, scored = max(float(sums[3]), 1.0), float(sums[4])
+    nan = float("nan")
+    return {"loss": float(sums[0]) / count, "top1": 100.0 * float(sums[1]) / scored if scored else nan,
+            "top5": 100.0 * float(sums[2]) / scored if scored else nan}
 
 
 def _raise_if_diverged(first_bad: torch.Tensor, no_bad: int, epoch: int, optimizer, run_dir) -> None:
@@ -251,6 +263,8 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 def _set_loader_epoch(loader, epoch: int) -> None:
     """``prunelimit.data.set_loader_epoch`` when available, else the sampler's ``set_epoch``."""
+    if not hasattr(loader, "sampler"):
+        return  # any re-iterable of batches (a list, a generator-backed iterable): it orders itself
     try:
         from prunelimit.data import set_loader_epoch
     except ImportError:
@@ -296,4 +310,5 @@ def _final_metrics(epoch, lr, pruned, tr, te, best) -> dict:
            "train_top5": tr["top5"], "train_loss": tr["loss"], "best_top1": best}
     if te is not None:
         out.update(test_top1=te["top1"], test_top5=te["top5"], test_loss=te["loss"], test_data_loss=te["data_loss"])
+        out.update({f"test_{k}": v for k, v in te.items() if k not in ("top1", "top5", "loss", "data_loss", "count")})
     return out
