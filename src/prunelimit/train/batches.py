@@ -55,7 +55,9 @@ def causal_lm_loss(output, target: torch.Tensor) -> torch.Tensor:
     if logits.ndim != 3 or target.ndim != 2 or tuple(logits.shape[:2]) != tuple(target.shape):
         raise PrunelimitError(f"causal_lm_loss needs logits (B, T, V) and target ids (B, T); got logits "
                               f"{tuple(logits.shape)} and target {tuple(target.shape)}")
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), target[:, 1:].reshape(-1),
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()  # autocast: the softmax over a large vocabulary in float32
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), target[:, 1:].reshape(-1),
                            ignore_index=-100)
 
 
