@@ -100,7 +100,8 @@ def jpeg(path: Path, size: tuple[int, int], color, mode: str = "RGB") -> None:
 
 # --------------------------------------------------------------------------- registry and config
 def test_registry_lists_all_datasets_with_consistent_info():
-    assert list_datasets() == ["digits", "mnist", "cifar10", "cifar100", "tinyimagenet", "imagenet"]
+    assert list_datasets() == ["digits", "mnist", "cifar10", "cifar100", "tinyimagenet", "imagenet", "arrays",
+                               "imagefolder"]   # the last two read the user's files (tests/test_user_data.py)
     expected = {"digits": (10, (1, 8, 8)), "mnist": (10, (1, 28, 28)), "cifar10": (10, (3, 32, 32)),
                 "cifar100": (100, (3, 32, 32)), "tinyimagenet": (200, (3, 64, 64)),
                 "imagenet": (1000, (3, 224, 224))}

@@ -205,7 +205,10 @@ def cmd_ls(args, argv) -> int:
         print("datasets:")
         for name in list_datasets():
             info = dataset_info(name)
-            print(f"  {name:<14} {info.num_classes:>4} classes, input {tuple(info.input_shape)}  {info.description}")
+            if info.num_classes:
+                print(f"  {name:<14} {info.num_classes:>4} classes, input {tuple(info.input_shape)}  {info.description}")
+            else:   # read from the user's files: classes and shape come from them
+                print(f"  {name:<14} {'classes and input from your files':<36} {info.description}")
     if what in (None, "configs"):
         print("shipped configs (use the name or a path):")
         for name, path in shipped_configs().items():

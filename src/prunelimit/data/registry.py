@@ -14,6 +14,7 @@ from prunelimit.data.info import DatasetInfo
 from prunelimit.errors import PrunelimitError
 
 DEFAULT_DATA_PATH = "datasets"
+ARRAY_FILE_SUFFIXES = (".npz", ".pt", ".pth")   # a dataset value ending so is read as dataset: arrays
 
 
 @dataclass
@@ -24,8 +25,22 @@ class DataConfig:
     workers: int = 0  # DataLoader worker processes per rank (0 = load in the main process)
     augment: bool = True  # random crops/flips on the train split (False: the test transform)
     use_full_data: bool = True  # original key: Hessian and epsilon statistics use the whole training set
+    mean: list[float] | None = None  # arrays/imagefolder: per-channel mean; None: computed from the train split
+    std: list[float] | None = None  # arrays/imagefolder: per-channel std; None: computed from the train split
+    image_size: list[int] | None = None  # imagefolder: [height, width] (or one int) every image is resized to
+
+    def options(self) -> dict:
+        """The keys that only datasets read from user files take (those that are set)."""
+        return {k: getattr(self, k) for k in USER_DATA_OPTIONS if getattr(self, k) is not None}
 
     def __post_init__(self) -> None:
+        if isinstance(self.dataset, (str, os.PathLike)) and os.fspath(self.dataset).endswith(ARRAY_FILE_SUFFIXES):
+            # one config line for your own arrays: `dataset: mine.npz` = `dataset: arrays` + `data_path: mine.npz`
+            if self.data_path not in (DEFAULT_DATA_PATH, os.fspath(self.dataset)):
+                raise PrunelimitError(f"data key 'dataset' names the file {os.fspath(self.dataset)!r} and 'data_path' "
+                                      f"is {self.data_path!r}; give the file in one of them (dataset: arrays, "
+                                      f"data_path: FILE)")
+            self.dataset, self.data_path = "arrays", os.fspath(self.dataset)
         self.dataset = canonical_name(self.dataset, key="data key 'dataset'")
         if isinstance(self.data_path, os.PathLike):
             self.data_path = os.fspath(self.data_path)
@@ -37,6 +52,31 @@ class DataConfig:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
             raise PrunelimitError(f"data key 'workers' must be an integer >= 0 (0 loads in the main process), "
                              f"got {self.workers!r}")
+        for key in ("mean", "std"):
+            v = getattr(self, key)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                v = [float(v)]
+            if v is not None and (not isinstance(v, (list, tuple)) or not v
+                                  or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in v)):
+                raise PrunelimitError(f"data key {key!r} must be a list of numbers, one per channel "
+                                      f"(e.g. [0.5, 0.5, 0.5]); got {v!r}")
+            if v is not None and key == "std" and min(v) <= 0:
+                raise PrunelimitError(f"data key 'std' must be > 0 for every channel; got {v!r}")
+            setattr(self, key, None if v is None else [float(x) for x in v])
+        if isinstance(self.image_size, int) and not isinstance(self.image_size, bool):
+            self.image_size = [self.image_size, self.image_size]
+        if self.image_size is not None and (
+                not isinstance(self.image_size, (list, tuple)) or len(self.image_size) != 2
+                or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in self.image_size)):
+            raise PrunelimitError(f"data key 'image_size' must be [height, width] (or one int) in pixels; "
+                                  f"got {self.image_size!r}")
+        if self.image_size is not None:
+            self.image_size = list(self.image_size)
+        unused = [k for k in self.options() if k not in _DATASETS.get(self.dataset, _NO_OPTIONS).options]
+        if unused:
+            takes = [n for n, e in _DATASETS.items() if e.options]
+            raise PrunelimitError(f"data key(s) {', '.join(unused)} apply to the datasets read from your files "
+                                  f"({', '.join(takes)}), not to {self.dataset!r}; remove them")
 
 
 # ---- the registry -------------------------------------------------------------------------------
@@ -44,10 +84,19 @@ class DataConfig:
 DatasetFactory = Callable[..., Dataset]
 
 
+USER_DATA_OPTIONS = ("mean", "std", "image_size")
+
+
 @dataclass(frozen=True)
 class _Entry:
     info: DatasetInfo
     factory: DatasetFactory
+    # datasets read from the user's files: their facts come from the files, and the factory takes options
+    describe: Callable[..., DatasetInfo] | None = None   # (root: Path, **options) -> DatasetInfo
+    options: tuple[str, ...] = ()                         # which of USER_DATA_OPTIONS the factory takes
+
+
+_NO_OPTIONS = _Entry(None, None)  # type: ignore[arg-type]
 
 
 _DATASETS: dict[str, _Entry] = {}  # canonical name -> entry, in registration order (smallest first)
@@ -57,8 +106,13 @@ def _squash(name: str) -> str:
     return name.strip().lower().replace("-", "").replace("_", "")
 
 
-def register_dataset(info: DatasetInfo):
+def register_dataset(info: DatasetInfo, *, describe: Callable[..., DatasetInfo] | None = None,
+                     options: tuple[str, ...] = ()):
     """Decorator: register ``factory(root, train, *, download, augment) -> Dataset`` as ``info.name``.
+
+    A dataset whose classes and shape come from the user's files gives ``describe(root, **options) ->
+    DatasetInfo`` and the ``options`` (data keys among ``USER_DATA_OPTIONS``) its factory and ``describe``
+    take as keyword arguments; ``info`` is then what ``ls datasets`` shows (``num_classes`` 0).
 
     ``root`` is the data folder (a ``Path``); ``augment`` asks for the training transform on the train
     split; ``download`` allows fetching missing files. Samples must be ``(float32 (C, H, W), int label)``
@@ -71,7 +125,7 @@ def register_dataset(info: DatasetInfo):
     def deco(factory: DatasetFactory) -> DatasetFactory:
         if info.name in _DATASETS:
             raise PrunelimitError(f"register_dataset: {info.name!r} is already registered")
-        _DATASETS[info.name] = _Entry(info, factory)
+        _DATASETS[info.name] = _Entry(info, factory, describe, tuple(options))
         return factory
 
     return deco
@@ -95,13 +149,25 @@ def canonical_name(name: str, key: str = "dataset") -> str:
     raise PrunelimitError(f"{key}: unknown dataset {name!r}; valid names are {', '.join(names)}.{hint}")
 
 
-def dataset_info(name: str) -> DatasetInfo:
-    """Facts about dataset ``name`` (any spelling ``canonical_name`` accepts)."""
-    return _DATASETS[canonical_name(name)].info
+def dataset_info(name: str, root: str | os.PathLike | None = None, **options) -> DatasetInfo:
+    """Facts about dataset ``name`` (any spelling ``canonical_name`` accepts); for a dataset read from the
+    user's files (``arrays``, ``imagefolder``) give ``root`` (and its options) to get the files' facts."""
+    entry = _DATASETS[canonical_name(name)]
+    if entry.describe is None or root is None:
+        return entry.info
+    return entry.describe(Path(root).expanduser(), **_check_options(entry, options))
+
+
+def _check_options(entry: _Entry, options: dict) -> dict:
+    unused = sorted(set(options) - set(entry.options))
+    if unused:
+        raise PrunelimitError(f"data key(s) {', '.join(unused)} do not apply to dataset {entry.info.name!r}; "
+                              f"remove them")
+    return options
 
 
 def create_dataset(name: str, root: str | os.PathLike | None = None, *, train: bool,
-                   download: bool = False, augment: bool = True) -> Dataset:
+                   download: bool = False, augment: bool = True, **options) -> Dataset:
     """Dataset ``name`` (see ``list_datasets()``), split ``train``, with the original transforms.
 
     Samples are ``(float32 (C, H, W), int label)``. ``root`` is the data folder (default
@@ -114,9 +180,15 @@ def create_dataset(name: str, root: str | os.PathLike | None = None, *, train: b
         raise PrunelimitError(f"create_dataset: train must be True or False, got {train!r}")
     entry = _DATASETS[canonical_name(name)]
     base = Path(DEFAULT_DATA_PATH if root is None else root).expanduser()
-    return entry.factory(base, train, download=download, augment=augment)
+    return entry.factory(base, train, download=download, augment=augment, **_check_options(entry, options))
 
 
-def dataset_from_config(cfg: DataConfig, *, train: bool) -> Dataset:
-    """``create_dataset`` with the config's name, path, download and augment settings."""
-    return create_dataset(cfg.dataset, cfg.data_path, train=train, download=cfg.download, augment=cfg.augment)
+def dataset_from_config(cfg: DataConfig, *, train: bool, augment: bool | None = None) -> Dataset:
+    """``create_dataset`` with the config's name, path, download, augment (unless given) and options."""
+    return create_dataset(cfg.dataset, cfg.data_path, train=train, download=cfg.download,
+                          augment=cfg.augment if augment is None else augment, **cfg.options())
+
+
+def config_dataset_info(cfg: DataConfig) -> DatasetInfo:
+    """``dataset_info`` of the configured dataset (from the user's files for arrays / imagefolder)."""
+    return dataset_info(cfg.dataset, cfg.data_path, **cfg.options())

@@ -109,12 +109,12 @@ def fingerprint(cfg: RunConfig, stage: str) -> dict:
 # ---- model ---------------------------------------------------------------------------------------
 def build_model(cfg: RunConfig, *, with_data: bool = True) -> nn.Module:
     """The configured architecture, num_classes/input shape from the dataset when one is configured."""
-    from prunelimit.data import dataset_info
+    from prunelimit.data import config_dataset_info
     from prunelimit.models import create_model, init_weights
 
     num_classes, input_shape = cfg.model.num_classes, None
     if with_data and cfg.data is not None:
-        info = dataset_info(cfg.data.dataset)
+        info = config_dataset_info(cfg.data)
         num_classes = num_classes or info.num_classes
         input_shape = tuple(info.input_shape)
     if cfg.model.input_shape is not None:
@@ -149,15 +149,15 @@ class Data:
 
 def load_data(cfg: RunConfig) -> Data | None:
     """The configured dataset, or None when ``data`` is null."""
-    from prunelimit.data import create_dataset, dataset_info
+    from prunelimit.data import config_dataset_info, dataset_from_config
 
     d = cfg.data
     if d is None:
         return None
-    info = dataset_info(d.dataset)
-    train = create_dataset(d.dataset, d.data_path, train=True, download=d.download, augment=d.augment)
-    train_eval = train if not d.augment else create_dataset(d.dataset, d.data_path, train=True, augment=False)
-    test = create_dataset(d.dataset, d.data_path, train=False)
+    info = config_dataset_info(d)
+    train = dataset_from_config(d, train=True)
+    train_eval = train if not d.augment else dataset_from_config(d, train=True, augment=False)
+    test = dataset_from_config(d, train=False)
     return Data(train=train, train_eval=train_eval, test=test,
                 num_classes=cfg.model.num_classes or info.num_classes)
 
