@@ -248,3 +248,38 @@ def test_batch_helpers():
         logits_of({"hidden": torch.ones(1)})
     with pytest.raises(pl.errors.PrunelimitError, match="must yield \\(inputs, targets\\) pairs.*model_loss"):
         pl.evaluate(nn.Linear(2, 2), [torch.zeros(2, 2)])
+
+
+def test_how_far_can_a_language_model_be_pruned_from_the_loss_alone():
+    from prunelimit.limit import rule_limits, rule_limit
+    torch.manual_seed(10)
+    model, batches = DictModel(vocab=11), lm_batches(seed=11, vocab=11, n=3)
+    ordering = pl.MagnitudeOrdering.from_model(model)
+    assert ordering.names == ["fc.weight", "out.weight"]
+
+    def ev(m):
+        return pl.evaluate(m, batches, loss_fn=pl.causal_lm_loss)
+
+    rows = pl.run_sweep(model, ordering, [i / 20 for i in range(20)], ev, ev, show_progress=False)
+    assert all(r["test_acc"] is None for r in rows)
+    eps, per_batch = pl.loss_epsilon(model, batches, pl.causal_lm_loss)
+    assert len(per_batch) == 3 and eps == pytest.approx(float(torch.tensor(per_batch, dtype=torch.float64).std()))
+    limits = rule_limits(rows, epsilon=eps)
+    for rule in ("above_baseline", "acc_drop"):
+        assert limits[rule]["first_failure"].prune_fraction is None
+        assert "needs accuracy" in limits[rule]["first_failure"].reason
+    with pytest.raises(pl.errors.PrunelimitError, match="'acc_drop'.*needs accuracy.*'loss_increase'"):
+        rule_limit(rows, "acc_drop", delta=1.0)
+    # the loss rule by hand: the largest p before the first row whose train loss exceeds L(w*) + eps
+    base = rows[0]["train_data_loss"]
+    want = None
+    for r in rows:
+        if r["train_data_loss"] > base + eps:
+            break
+        want = r["prune_fraction"]
+    got = limits["loss_increase"]["first_failure"]
+    assert got.prune_fraction == want or (want == rows[-1]["prune_fraction"] and got.lower_bound == want)
+    op = pl.HessianOperator(model, pl.causal_lm_loss, batches)
+    nodes, weights = pl.slq_spectrum(op, steps=8, probes=1)
+    pred = pl.predict_limit(nodes, weights, eps, ordering)
+    assert 0.0 <= pred.limit < 1.0 and pred.keep_fraction == pytest.approx(1 - pred.limit)

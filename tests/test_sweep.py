@@ -247,8 +247,8 @@ def test_sweep_grid_errors(grid, match):
 def test_sweep_rejects_bad_evaluate_results():
     model = tied_model()
     ordering = MagnitudeOrdering.from_model(model)
-    with pytest.raises(ValueError, match="'top1'"):
-        run_sweep(model, ordering, [0.0], lambda m: {"loss": 1.0}, show_progress=False)
+    with pytest.raises(ValueError, match="'loss' and, for a classifier, 'top1'"):
+        run_sweep(model, ordering, [0.0], lambda m: {"top1": 1.0}, show_progress=False)
     with pytest.raises(ValueError, match="percentages"):
         run_sweep(model, ordering, [0.0], lambda m: {"loss": 1.0, "top1": 0.5 + 100}, show_progress=False)
     with pytest.raises(ValueError, match="resume=True needs csv_path"):

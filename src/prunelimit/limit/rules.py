@@ -151,6 +151,8 @@ def rule_limit(rows: Sequence[Mapping[str, Any]], rule: str, *, reading: str | N
         baseline = _num(base, "test_acc")
     if baseline_loss is None and base is not None:
         baseline_loss = _num(base, column)
+    if rule != "loss_increase" and _no_accuracy(rows):
+        raise PrunelimitError(f"rule {rule!r}: {NEEDS_ACCURACY}")
     if rule == "loss_increase" and all(_num(r, column) is None for r in rows):
         hint = (" (a table written before the data-loss columns existed: rerun the sweep, or use "
                 "limit.loss: regularized)" if loss == "data" and any(_num(r, "train_loss") is not None for r in rows)
@@ -171,9 +173,17 @@ def actual_limit(rows: Sequence[Mapping[str, Any]], rule: str, *, reading: str |
                       epsilon=epsilon, loss=loss).prune_fraction
 
 
+def _no_accuracy(rows) -> bool:
+    return bool(rows) and all(_num(r, "test_acc") is None for r in rows)
+
+
+NEEDS_ACCURACY = ("the sweep has no test accuracy (the model's evaluation reports none, e.g. a language model); "
+                  "this rule needs accuracy — rule 'loss_increase' works from the loss alone")
+
+
 def _missing_inputs(rule: str, rows, epsilon, loss) -> str | None:
     if rule != "loss_increase":
-        return None
+        return f"not computed: {NEEDS_ACCURACY}" if _no_accuracy(rows) else None
     if epsilon is None:
         return "not computed: no epsilon"
     if all(_num(r, LOSS_COLUMN[loss]) is None for r in rows):

@@ -79,16 +79,17 @@ def check_grid(fractions: Sequence[float]) -> list[float]:
     return grid
 
 
-def _metrics(result: Mapping[str, Any], which: str) -> tuple[float, float, float, float | None]:
-    """(loss, accuracy in percent, data loss, L1 penalty) from an evaluate() result.
+def _metrics(result: Mapping[str, Any], which: str) -> tuple[float, float | None, float, float | None]:
+    """(loss, accuracy in percent or None, data loss, L1 penalty) from an evaluate() result.
 
     An evaluator that reports no ``data_loss`` has no separate penalty: its loss is the data loss."""
-    if not isinstance(result, Mapping) or "loss" not in result or not ({"top1", "acc"} & result.keys()):
+    if not isinstance(result, Mapping) or "loss" not in result:
         got = sorted(result) if isinstance(result, Mapping) else type(result).__name__
-        raise PrunelimitError(f"evaluate_{which} must return a dict with 'loss' and 'top1' (accuracy in percent); "
-                         f"got {got}")
-    acc = float(result["top1"] if "top1" in result else result["acc"])
-    if not 0.0 <= acc <= 100.0:
+        raise PrunelimitError(f"evaluate_{which} must return a dict with 'loss' and, for a classifier, 'top1' "
+                              f"(accuracy in percent); got {got}")
+    acc = result.get("top1", result.get("acc"))
+    acc = None if acc is None or acc != acc else float(acc)  # no accuracy (a language model): loss only
+    if acc is not None and not 0.0 <= acc <= 100.0:
         raise PrunelimitError(f"evaluate_{which} returned accuracy {acc}; accuracies are percentages in [0, 100]")
     loss = float(result["loss"])
     if "data_loss" not in result:
@@ -203,7 +204,9 @@ def run_sweep(model: nn.Module, ordering: MagnitudeOrdering, fractions: Sequence
                     _write(csv_path, rows)
                     last_write = time.monotonic()
             bar.update(1)
-            bar.set_postfix(p=f"{p:.3f}", acc=f"{rows[-1]['test_acc']:.2f}")
+            acc = rows[-1]["test_acc"]
+            bar.set_postfix(p=f"{p:.3f}", **({"acc": f"{acc:.2f}"} if acc is not None else
+                                             {"loss": f"{rows[-1]['test_loss']:.4g}"}))
     finally:
         bar.close()
         backup.restore()

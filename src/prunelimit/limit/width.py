@@ -25,6 +25,7 @@ from torch import nn
 from prunelimit import dist
 from prunelimit.limit.ordering import MagnitudeOrdering
 from prunelimit.errors import PrunelimitError
+from prunelimit.train.batches import Objective
 
 
 def _vector(x: Any, name: str) -> np.ndarray:
@@ -77,7 +78,8 @@ def loss_epsilon(model: nn.Module, batches: Iterable, loss_fn: Callable, *, devi
                  ddof: int = 1) -> tuple[float, list[float]]:
     """epsilon = standard deviation of the per-minibatch training loss at w* (model in eval mode).
 
-    ``batches`` yields ``(inputs, targets)``; ``loss_fn(output, targets)`` returns the batch-mean loss.
+    ``batches`` yields ``(inputs, targets)``; ``loss_fn(output, targets)`` returns the batch-mean loss (any
+    batch layout and model output, or ``pl.model_loss(fn)``, as in training).
     ``ddof=1`` (sample std, our default) needs two or more batches; the original used ``np.std``, i.e.
     ``ddof=0``, which is ~1/(2 n_batches) smaller. The original also added the L1 term to every batch
     loss; a constant shift does not change the std, so it is left out.
@@ -99,12 +101,10 @@ def loss_epsilon(model: nn.Module, batches: Iterable, loss_fn: Callable, *, devi
     try:
         with torch.no_grad():
             for batch in batches:
-                if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-                    raise PrunelimitError("loss_epsilon expects batches of (inputs, targets); got "
-                                     f"{type(batch).__name__}")
-                x, y = batch[0].to(device), batch[1].to(device)
-                sums.append(float(loss_fn(model(x), y)) * len(y))
-                counts.append(float(len(y)))
+                # any batch layout and loss (train/batches.py): dict/tuple inputs, raw outputs, model_loss
+                loss, n, _, _ = Objective(None, loss_fn).forward(model, batch, device, where="loss_epsilon's batches")
+                sums.append(float(loss) * n)
+                counts.append(float(n))
     finally:
         model.train(was_training)
     if dist.is_distributed():
