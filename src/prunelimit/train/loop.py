@@ -131,6 +131,7 @@ def train(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *, devi
     else:
         st.seed_everything(cfg.seed + dist.rank())
     if enforcer is not None:
+        enforcer.check_finite()  # the resumed weights too
         enforcer.apply_to_weights()
         enforcer.apply_to_optimizer_state(optimizer)
     _broadcast_state(model, with_parameters=True)  # ranks may have initialised differently
@@ -149,6 +150,8 @@ def train(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *, devi
         tr = _train_one_epoch(net, model, train_loader, optimizer, schedule, scaler, objective, cfg, enforcer,
                               device, epoch, use_amp, show_progress, run_dir)
         epochs_run += 1
+        if enforcer is not None:
+            enforcer.check_pruned_zero()
         _broadcast_state(model, with_parameters=False)
         last = epoch + 1 == cfg.epochs
         te = None
@@ -222,7 +225,7 @@ def _train_one_epoch(net, model, loader, optimizer, schedule, scaler, objective,
         scaler.step(optimizer)
         scaler.update()
         if enforcer is not None:
-            enforcer.apply_to_weights()
+            enforcer.after_step(optimizer)
         schedule.after_iteration(epoch)
         c1, c5 = hits if hits is not None else (torch.zeros((), device=device),) * 2
         sums += torch.stack([loss.detach().double() * n, c1.double(), c5.double(),
