@@ -58,6 +58,8 @@ _EXPORTS = {
     "hessian_trace": "prunelimit.spectrum",
     "normalized_gaussian_width": "prunelimit.limit",
     "predict_limit": "prunelimit.limit",
+    "rule_limits": "prunelimit.limit",
+    "fundamental_limit": "prunelimit.pipeline.own_model",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -11,7 +11,7 @@ import warnings
 from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset, TensorDataset
 from torch.utils.data.dataloader import default_collate
 
 from prunelimit import dist
@@ -122,6 +122,24 @@ class _WholeBatch(Dataset):
         return [((x - d.mean) / d.std, d.labels[idx])]
 
 
+class _TensorBatch(Dataset):
+    """A two-tensor ``TensorDataset`` (the user's own ``(inputs, targets)``) read one batch at a time."""
+
+    def __init__(self, dataset: TensorDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.dataset[index]
+
+    def __getitems__(self, indices):
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        x, y = self.dataset.tensors
+        return [(x[idx], y[idx])]
+
+
 def _first(batch):
     return batch[0] if len(batch) == 1 and isinstance(batch[0][1], torch.Tensor) else default_collate(batch)
 
@@ -133,9 +151,12 @@ def eval_batches(dataset: Dataset, batch_size: int, *, indices=None, workers: in
     ``indices``: read only these samples (a rank's shard). In-memory datasets (``ImageTensorDataset``)
     are gathered a whole batch at a time: a sweep evaluates the same sets a thousand times, and
     per-sample reads plus collation cost more than the model on small networks."""
-    base: Dataset = _WholeBatch(dataset) if isinstance(dataset, ImageTensorDataset) else dataset
+    fast = isinstance(dataset, ImageTensorDataset) or (isinstance(dataset, TensorDataset)
+                                                        and len(dataset.tensors) == 2)
+    base: Dataset = dataset
+    if fast:
+        base = _WholeBatch(dataset) if isinstance(dataset, ImageTensorDataset) else _TensorBatch(dataset)
     if indices is not None:
         base = Subset(base, list(indices))
-    fast = isinstance(dataset, ImageTensorDataset)
     return DataLoader(base, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory,
                       collate_fn=_first if fast else None)
