@@ -152,3 +152,13 @@ def _double(x):
 
 
 WRAPPERS = {"plain": lambda m: m, "compile": torch.compile, "dataparallel": nn.DataParallel}
+
+
+def first_example(case: Case):
+    """The first example of the first batch, with a batch dimension of 1."""
+    x = case.batches[0][0]
+    if isinstance(x, torch.Tensor):
+        return x[:1]
+    if isinstance(x, dict):
+        return {k: v[:1] for k, v in x.items()}
+    return type(x)(v[:1] for v in x)

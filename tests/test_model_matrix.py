@@ -7,7 +7,9 @@ under torch.compile / nn.DataParallel:
  - masks apply / save / load and the pruned weights round-trip through a checkpoint into a fresh plain model;
  - HessianOperator's H v equals an independent plain double backward (finite differences of the
    gradient where PyTorch has no double backward: MobileNet-V3's hardsigmoid);
- - a short masked fine-tune with the model's own loss leaves every pruned weight exactly zero (tied included).
+ - a short masked fine-tune with the model's own loss leaves every pruned weight exactly zero (tied included);
+ - the sparsity report finds every masked layer in the forward pass (MACs = weights x positions), and the
+   masks survive a torch.nn.utils.prune round trip and the compressed export.
 """
 import copy
 
@@ -19,7 +21,7 @@ import prunelimit as pl
 from prunelimit.pruning import count_nonzero_pruned, prunable_parameters, prune_count
 from prunelimit.train.batches import call_model
 
-from model_zoo import BUILDERS, WRAPPERS, build
+from model_zoo import BUILDERS, WRAPPERS, build, first_example
 
 pytest.importorskip("timm")
 pytest.importorskip("transformers")
@@ -73,8 +75,14 @@ def finite_difference_hvp(model, case, params, v, h=1e-5):
     return (grad_at(1) - grad_at(-1)) / (2 * h)
 
 
-@pytest.mark.parametrize("wrapper", list(WRAPPERS))
-@pytest.mark.parametrize("name", list(BUILDERS))
+# Every model plain; wrapped (the same checks again through the wrapper's names) for the ones whose
+# wrapping adds something new — tied weights, keyword inputs, every conv type; the rest are marked slow.
+FAST_WRAPPED = {"gpt2", "bert", "every_conv"}
+CASES = [pytest.param(name, wrapper, marks=() if wrapper == "plain" or name in FAST_WRAPPED else pytest.mark.slow)
+         for name in BUILDERS for wrapper in WRAPPERS]
+
+
+@pytest.mark.parametrize("name, wrapper", CASES)
 def test_model_matrix(name, wrapper, tmp_path):
     case = build(name)
     plain = case.model
@@ -135,3 +143,16 @@ def test_model_matrix(name, wrapper, tmp_path):
     moved = [n for n, p in plain.named_parameters() if not torch.equal(p, before[n])]
     assert any(n in masks for n in moved), "fine-tuning changed no prunable weight"
     assert result.final["test_loss"] == result.final["test_loss"]  # evaluated, finite
+
+    # sparsity report on one example, torch.nn.utils.prune and compressed-export round trips
+    rep = pl.sparsity_report(model, masks, first_example(case))
+    assert all(x.dense_macs is not None and x.dense_macs % x.params == 0 for x in rep.layers), \
+        [x.name for x in rep.layers if x.dense_macs is None]
+    assert rep.sparse_macs < rep.dense_macs and rep.nonzeros == rep.params - pl.mask_sparsity(masks).pruned
+    pl.save_compressed(tmp_path / "c.safetensors", model, masks)
+    other = copy.deepcopy(fresh)
+    pl.load_compressed(tmp_path / "c.safetensors", other)
+    assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), plain.state_dict().values()))
+    pl.to_torch_prune(plain, masks)
+    back = pl.from_torch_prune(model)
+    assert sorted(back) == sorted(masks) and all(torch.equal(back[k], masks[k]) for k in masks)

@@ -9,11 +9,14 @@ from .min_threshold import (LAYER_SPARSITY_COLUMNS, MT_MODES, LayerPlan, MTPlan,
                             max_feasible_sparsity, min_threshold_masks, min_threshold_plan,
                             min_threshold_plan_and_masks)
 from .coverage import Coverage, collapsed_layers, coverage
+from .interop import from_torch_prune, to_torch_prune
 from .names import unwrap_model
+from .report import SparsityReport, load_compressed, save_compressed, sparsity_report
 from .prunable import count_prunable, prunable_parameters, register_prunable_layer
 from .select import prune_count
 
 __all__ = [
+    "SparsityReport", "from_torch_prune", "load_compressed", "save_compressed", "sparsity_report", "to_torch_prune",
     "Coverage", "collapsed_layers", "coverage", "register_prunable_layer", "unwrap_model",
     "LAYER_SPARSITY_COLUMNS", "LayerMaskStats", "LayerPlan", "MT_MODES", "MTPlan", "MaskStats", "PruneConfig",
     "apply_masks", "check_masks_fit", "count_nonzero_pruned", "count_prunable", "global_magnitude_masks", "load_legacy_mask_npy",

@@ -101,6 +101,9 @@ class ParamInfo:
 
 def parameter_table(model: nn.Module) -> list[ParamInfo]:
     """Every parameter of the plain model once, in ``named_parameters()`` order."""
+    from .interop import check_not_reparametrised  # weight_orig + weight_mask: not the model's own names
+
+    check_not_reparametrised(model)
     plain = unwrap_model(model)
     modules = dict(plain.named_modules(remove_duplicate=False))
     table: dict[int, ParamInfo] = {}
