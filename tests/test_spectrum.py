@@ -88,15 +88,18 @@ def test_matvec_matches_explicit_hessian(cache):
     assert op.num_matvecs == 12
 
 
-def test_auto_cache_falls_back_when_data_is_large(monkeypatch):
-    import prunelimit.spectrum.operator as operator_module
-    net, batches = tiny_net(1), tiny_batches()
-    monkeypatch.setattr(operator_module, "CACHE_MAX_SAMPLES", 9)  # 7 + 3 samples pass the bound
-    op = HessianOperator(net, nn.functional.cross_entropy, batches)
-    assert op.cached is False and op.num_samples == 15
-    H, _ = explicit_hessian(net, batches)
+@pytest.mark.parametrize("fraction_of_all, cached_batches", [(2.5 / 3, 1), (1.0, 3), (0.2, 0)])
+def test_auto_cache_caches_what_fits_the_budget_and_recomputes_the_rest(fraction_of_all, cached_batches):
+    net, batches = tiny_net(1), tiny_batches(sizes=(5, 5, 5))
+    first = HessianOperator(net, nn.functional.cross_entropy, batches).graph_bytes_first
+    budget = int(3 * first * fraction_of_all)
+    op = HessianOperator(net, nn.functional.cross_entropy, batches, memory_budget=budget)
+    assert op.cached_batches == cached_batches and op.cached is (cached_batches == 3) and op.num_samples == 15
+    assert f"caching {cached_batches} of 3 batch(es)" in op.cache_report
+    H, g = explicit_hessian(net, batches)
     v = torch.randn(op.dim, dtype=torch.float64)
     torch.testing.assert_close(op.matvec(v), H @ v, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(op.gradient(), g, rtol=1e-9, atol=1e-11)
 
 
 def test_regularizer_counts_once_and_its_hessian_is_included():

@@ -74,7 +74,7 @@ def hessian_setup(ctx: Context, model: nn.Module, data: Data):
     ``data``: the criterion alone; the operator carries no L1 term at all (its Hessian is zero almost
     everywhere, so back-propagating it through every HVP only costs time). ``regularized``: the criterion
     plus lambda * ||theta||_1, as the original (same Hessian, and epsilon is unchanged by a constant shift)."""
-    from prunelimit.spectrum import HessianOperator
+    from prunelimit.spectrum import HessianOperator, resolve_budget
     from prunelimit.train import l1_penalty, make_criterion
 
     cfg = ctx.cfg
@@ -94,10 +94,40 @@ def hessian_setup(ctx: Context, model: nn.Module, data: Data):
     def get_op():
         # built on first use only: building caches every batch's gradient graph, which a rerun whose
         # spectrum and rows stages already finished does not need
-        return HessianOperator(model, criterion, loader, regularizer=regularizer, device=ctx.device,
-                               cache_graph=cfg.spectrum.cache_graph, show_progress=cfg.show_progress)
+        s = cfg.spectrum
+        budget = resolve_budget(s.memory_budget, ctx.device)
+        say(f"spectrum: memory budget for cached gradient graphs: {budget}")
+        batches = _hessian_batches(ctx, model, criterion, data, loader, budget)
+        op = HessianOperator(model, criterion, batches, regularizer=regularizer, device=ctx.device,
+                             cache_graph=s.cache_graph_arg(), memory_budget=budget, lean_graphs=s.lean_graphs,
+                             show_progress=cfg.show_progress)
+        say(op.cache_report)
+        return op
 
     return get_op, loss_fn, loader
+
+
+def _hessian_batches(ctx: Context, model: nn.Module, criterion, data: Data, loader, budget):
+    """The Hessian's batches: with full data, re-batched for speed (the same H, fewer and larger
+    batches: ``spectrum.hessian_batch_size``, or the largest the memory budget allows, measured on one
+    training batch); otherwise the one training batch the Hessian is taken on."""
+    from prunelimit.spectrum import HessianOperator
+    from prunelimit.spectrum.memory import format_bytes, hessian_batch_size
+
+    cfg, s = ctx.cfg, ctx.cfg.spectrum
+    if not cfg.data.use_full_data:
+        return loader
+    size = s.hessian_batch_size
+    samples = len(data.train_eval) // dist.world_size()
+    if size is None:
+        probe = HessianOperator(model, criterion, [next(iter(loader))], device=ctx.device, memory_budget=budget,
+                                lean_graphs=s.lean_graphs)
+        per_sample = probe.graph_bytes_first / probe.local_count
+        del probe
+        size = hessian_batch_size(per_sample, budget.bytes, samples)
+        say(f"spectrum: Hessian batches of {size} samples per process (a gradient graph takes "
+            f"{format_bytes(per_sample)} per sample; epsilon keeps the training batches of {cfg.train.batch_size})")
+    return eval_loader(cfg, data.train_eval, size * dist.world_size(), ctx.device, evaluation=False)
 
 
 def spectrum_stage(ctx: Context, model: nn.Module, data: Data, get_op) -> dict:

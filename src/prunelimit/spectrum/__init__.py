@@ -9,15 +9,15 @@ from prunelimit.spectrum.density import original_density, spectral_density
 from prunelimit.spectrum.eigen import hessian_trace, top_eigenvalues
 from prunelimit.spectrum.lanczos import (LanczosInfo, format_bytes, lanczos_tridiagonal, memory_estimate,
                                          memory_message, rademacher, slq_spectrum, tridiagonal_eigh)
-from prunelimit.spectrum.operator import (CACHE_MAX_SAMPLES, HessianOperator, MatrixOperator,
-                                          hessian_parameters)
+from prunelimit.spectrum.memory import MemoryBudget, resolve_budget
+from prunelimit.spectrum.operator import HessianOperator, MatrixOperator, hessian_parameters
 from prunelimit.spectrum.plots import plot_density, plot_row_norms
 from prunelimit.spectrum.rows import RowNormResult, hessian_row_norms
 
 __all__ = [
-    "CACHE_MAX_SAMPLES", "HessianOperator", "LanczosInfo", "MatrixOperator", "RowNormResult",
+    "HessianOperator", "LanczosInfo", "MatrixOperator", "MemoryBudget", "RowNormResult",
     "SpectrumConfig", "format_bytes", "hessian_parameters", "hessian_row_norms", "hessian_trace",
     "lanczos_tridiagonal", "memory_estimate", "memory_message", "original_density", "plot_density",
-    "plot_row_norms", "rademacher", "slq_spectrum", "spectral_density", "top_eigenvalues",
+    "plot_row_norms", "rademacher", "resolve_budget", "slq_spectrum", "spectral_density", "top_eigenvalues",
     "tridiagonal_eigh",
 ]

@@ -21,6 +21,11 @@ class SpectrumConfig:
     row_quantiles: int = 100         # number of magnitude quantiles sampled (original 100)
     row_threshold: float = 1e-7      # a row with L1 norm below this is a flat direction
     cache_graph: str = "auto"        # keep the gradient graph between HVPs: "auto", "true" or "false"
+    memory_budget: str | float | None = None  # cached graphs' memory: "6GiB", bytes, a fraction of the
+                                     # available RAM / free CUDA memory; null = half of it
+    hessian_batch_size: int | None = None  # samples per Hessian batch with full data; null = the
+                                     # largest that fits the budget (epsilon keeps the training batches)
+    lean_graphs: bool = True         # lean second-order graphs (false: PyTorch's plain double backward)
     seed: int = 0                    # seed of the Rademacher probes and restart vectors
 
     def __post_init__(self):
@@ -49,6 +54,17 @@ class SpectrumConfig:
         if str(self.cache_graph).lower() not in CACHE_GRAPH_MODES:
             raise PrunelimitError(f"spectrum.cache_graph={self.cache_graph!r} must be one of {CACHE_GRAPH_MODES}")
         self.cache_graph = str(self.cache_graph).lower()
+        if self.memory_budget is not None:
+            from prunelimit.spectrum.memory import resolve_budget
+
+            try:
+                resolve_budget(self.memory_budget, "cpu")  # checks the value; the device's memory is read later
+            except PrunelimitError as err:
+                raise PrunelimitError(f"spectrum.{err}") from None
+        if self.hessian_batch_size is not None:
+            positive_int("hessian_batch_size")
+        if not isinstance(self.lean_graphs, bool):
+            raise PrunelimitError(f"spectrum.lean_graphs={self.lean_graphs!r} must be true or false")
 
     def cache_graph_arg(self) -> bool | str:
         """The value HessianOperator(cache_graph=...) expects."""

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from prunelimit import dist
 from prunelimit.errors import PrunelimitError
+from prunelimit.spectrum.memory import format_bytes
 from prunelimit.spectrum.operator import apply_operator
 from prunelimit.spectrum.reductions import dot64, norm64, project64
 
@@ -47,16 +48,6 @@ def memory_estimate(dim: int, steps: int, dtype=torch.float32, probes: int = 1) 
     """Bytes of the Lanczos basis buffer (probes × steps × dim) plus a few working vectors."""
     itemsize = torch.empty((), dtype=dtype).element_size()
     return int(itemsize * dim * probes * (steps + 4))
-
-
-def format_bytes(num: int) -> str:
-    """1536 -> '1.5 KiB'."""
-    value = float(num)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def memory_message(dim: int, steps: int, dtype=torch.float32, probes: int = 1) -> str:

@@ -8,9 +8,11 @@ back-propagation (Pearlmutter's trick), ``matmat(V)`` does several vectors in on
 Speed: with ``cache_graph`` the first-order gradient g = Σ_b (n_b/N) ∇loss_b is built ONCE with
 ``create_graph=True`` and kept, so every HVP is a single ``autograd.grad(g, θ, grad_outputs=v)``
 over the cached graphs. Without it each HVP re-runs forward + backward on every batch (what
-PyHessian does with a dataloader). Caching holds every batch's activations, so ``"auto"`` caches
-only while the data is small (≤ ``CACHE_MAX_SAMPLES`` samples per rank) and, on CUDA, while free
-memory stays comfortable; past that it falls back to recomputing.
+PyHessian does with a dataloader). Caching holds every batch's activations (≈ 1 MiB per CIFAR image
+for ResNet-18), so it is bounded by a memory budget (memory.py; default half the available RAM or
+free CUDA memory): the graph of the first batch is measured, and ``"auto"`` caches as many batches as
+fit (leaving room for one recomputed batch) and recomputes the others in every HVP. ``True`` caches
+all and refuses when they do not fit; ``False`` caches none. ``cache_report`` says what was chosen.
 
 Leaner graphs: the first-order graphs are built under ``LeanGraphMode`` (lean_graphs.py), which drops the
 parts of PyTorch's double-backward formulas an HVP throws away (the first conv's input gradient;
@@ -47,10 +49,8 @@ from prunelimit.pruning.names import unwrap_model
 from prunelimit.spectrum.second_order import missing_derivative, second_order_forward
 from prunelimit.train.batches import ModelLoss, batch_size, call_model, split_batch, to_device
 from prunelimit.errors import PrunelimitError
+from prunelimit.spectrum.memory import GraphMeter, MemoryBudget, format_bytes, resolve_budget
 
-CACHE_MAX_SAMPLES = 20_000
-# CUDA: stop caching when free memory falls below this fraction of the device (room for HVPs, basis).
-_CUDA_FREE_FRACTION = 0.25
 
 
 def hessian_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -105,7 +105,12 @@ class HessianOperator:
                  params: Sequence[tuple[str, nn.Parameter]] | None = None,
                  regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
                  device: torch.device | str | None = None, cache_graph: bool | str = "auto",
-                 show_progress: bool = False):
+                 memory_budget: int | float | str | MemoryBudget | None = None,
+                 lean_graphs: bool | None = None, show_progress: bool = False):
+        """``memory_budget``: bytes the cached graphs may take (int, '6GiB', a fraction of the available
+        memory, or None for ``memory.DEFAULT_FRACTION`` of it). ``lean_graphs``: build the first-order
+        graphs without the parts an HVP throws away (lean_graphs.py; default: the class attribute,
+        True); False runs PyTorch's plain double backward, the reference the tests compare to."""
         # DDP's hooks do not support double backward, nor does a compiled graph: use the plain module
         model = unwrap_model(model)
         named = hessian_parameters(model) if params is None else list(params)
@@ -147,6 +152,11 @@ class HessianOperator:
                                  f"move the model first with model.to({str(self.device)!r})")
         self.show_progress = show_progress
         self.num_matvecs = 0
+        if lean_graphs is not None:
+            if not isinstance(lean_graphs, bool):
+                raise PrunelimitError(f"lean_graphs={lean_graphs!r} must be True or False")
+            self.lean_graphs = lean_graphs
+        self.budget = resolve_budget(memory_budget, self.device) if cache_graph is not False else None
         # matmat batches its vectors through one vmap'd backward on CUDA. On CPU that measured 1.4-2x
         # SLOWER than a loop of single HVPs (MLP and CNN), so there it loops. Settable for tests.
         self.batched_hvp = self.device.type == "cuda"
@@ -154,11 +164,14 @@ class HessianOperator:
             self._build(cache_graph)
 
     # ------------------------------------------------------------------ construction
-    def _batches(self, desc: str):
-        """Yield (inputs, targets, n) on the operator's device, with an optional progress bar."""
+    def _batches(self, desc: str, skip: int = 0):
+        """Yield (inputs, targets, n) on the operator's device, with an optional progress bar; the
+        first ``skip`` batches (the cached ones) are passed over without moving them."""
         bar = tqdm(self.batches, desc=desc, leave=False,
                    disable=not (self.show_progress and dist.is_main()))
         for i, item in enumerate(bar):
+            if i < skip:
+                continue
             if isinstance(self.loss_fn, ModelLoss):
                 yield to_device(item, self.device), None, batch_size(item)
                 continue
@@ -179,30 +192,53 @@ class HessianOperator:
                              f"gave {type(loss).__name__} of shape {getattr(loss, 'shape', None)}")
         return loss.reshape(())
 
-    def _cache_full(self, count: int) -> bool:
-        if count > CACHE_MAX_SAMPLES:
-            return True
-        if self.device.type == "cuda":
-            free, total = torch.cuda.mem_get_info(self.device)
-            return free < _CUDA_FREE_FRACTION * total
-        return False
+    def _plan_cache(self, cache_graph: bool | str, first_bytes: int) -> int:
+        """How many batches to cache, from the measured graph size of the first batch."""
+        try:
+            total = len(self.batches)
+        except TypeError:
+            total = None  # unknown length: keep room for one recomputed batch
+        budget = self.budget.bytes
+        fits_all = total is not None and total * first_bytes <= budget
+        if cache_graph is True:
+            if not fits_all:
+                need = "an unknown number of" if total is None else f"{total} x {format_bytes(first_bytes)} ="
+                raise PrunelimitError(
+                    f"cache_graph=true needs the gradient graphs of all batches ({need} "
+                    f"{format_bytes(total * first_bytes) if total else 'batches'}) but the memory budget is "
+                    f"{self.budget}; use cache_graph='auto' (caches what fits, recomputes the rest), a larger "
+                    f"memory_budget, or smaller batches")
+            return total
+        if fits_all:
+            return total
+        return max(0, budget // max(first_bytes, 1) - 1)  # one batch's room for recomputing the others
 
     def _build(self, cache_graph: bool | str) -> None:
-        """One pass over the data: count samples, check the loss, and (maybe) cache gradient graphs."""
-        caching = cache_graph in (True, "auto")
+        """One pass over the data: count samples, check the loss, and cache the gradient graphs of as
+        many batches as the memory budget allows (all, some or none)."""
         # Σ_b n_b ∇loss_b per parameter (None: unused), each with its graph. Per-parameter tensors,
         # scaled through the scalar loss, keep the HVP backward free of per-batch cat/scale nodes
         # (measured ~5 % per HVP on 12 batches against flat per-batch vectors).
         grads: list[torch.Tensor | None] = [None] * len(self.params)
-        count, loss_sum, bad_batch = 0, torch.zeros((), dtype=torch.float64), -1
+        count, loss_sum, bad_batch, sizes = 0, torch.zeros((), dtype=torch.float64), -1, []
+        plan = 0 if cache_graph is False else None   # batches to cache (None: until batch 0 is measured)
+        self.graph_bytes_first = None
         with _eval_mode(self.model):
             for i, (x, y, n) in enumerate(self._batches("Hessian: caching gradient graphs"
-                                                          if caching else "Hessian: checking loss")):
-                if caching:
-                    with self._graph_mode():
-                        loss = self._batch_loss(x, y, i)
-                    g = torch.autograd.grad(loss * n, self.params, create_graph=True, allow_unused=True)
+                                                          if cache_graph is not False else "Hessian: checking loss")):
+                if plan is None or i < plan:
+                    meter = GraphMeter(self.params, self.device)
+                    with meter:
+                        with self._graph_mode():
+                            loss = self._batch_loss(x, y, i)
+                        g = torch.autograd.grad(loss * n, self.params, create_graph=True, allow_unused=True)
+                        meter.add(g)
                     grads = [a if b is None else b if a is None else a + b for a, b in zip(grads, g)]
+                    if plan is None:
+                        self.graph_bytes_first = meter.bytes
+                        plan = self._plan_cache(cache_graph, meter.bytes)
+                        if plan == 0:
+                            grads = [None] * len(self.params)
                 else:
                     with torch.no_grad():
                         loss = self._batch_loss(x, y, i)
@@ -210,8 +246,8 @@ class HessianOperator:
                     bad_batch = i
                 loss_sum += loss.detach().double().cpu() * n
                 count += n
-                if caching and cache_graph == "auto" and self._cache_full(count):
-                    caching, grads = False, [None] * len(self.params)  # too big: recompute per HVP
+                sizes.append(n)
+        batches, plan = len(sizes), min(plan or 0, len(sizes))
         stats = torch.tensor([float(count), loss_sum.item(), float(bad_batch >= 0)], dtype=torch.float64,
                              device=self.device)
         dist.all_reduce_sum(stats)
@@ -223,11 +259,14 @@ class HessianOperator:
             raise PrunelimitError("batches is empty; pass at least one (inputs, targets) batch")
         self.local_count, self.num_samples = count, int(stats[0].item())
         self.loss = stats[1].item() / self.num_samples
-        self.cached = caching
+        self.num_batches, self.cached_batches, self._cached_count = batches, plan, sum(sizes[:plan])
+        self.cached = plan == batches                 # every batch's graph is cached
         self._graph = None
-        if caching:
-            # g = Σ_b (n_b / N) ∇loss_b: one graph whose backward is the full-data HVP (this rank's share).
+        if plan:
+            # g = Σ_b (n_b / N) ∇loss_b over the cached batches: one graph whose backward is their share
+            # of the full-data HVP (this rank's); the other batches are recomputed per HVP.
             self._graph = tuple(None if g is None else g / self.num_samples for g in grads)
+        self.cache_report = self._describe_cache()
         self._reg_graph = None
         if self.regularizer is not None:
             reg = self.regularizer(self.model)
@@ -238,6 +277,14 @@ class HessianOperator:
                 self._reg_graph = torch.autograd.grad(reg.reshape(()), self.params, create_graph=True,
                                                       allow_unused=True)
         self._gradient = None
+
+    def _describe_cache(self) -> str:
+        if self.budget is None:
+            return f"Hessian: {self.num_batches} batch(es) recomputed in every HVP (cache_graph=false)"
+        per = format_bytes(self.graph_bytes_first or 0)
+        return (f"Hessian: memory budget {self.budget}; gradient graph of batch 0 = {per}; caching "
+                f"{self.cached_batches} of {self.num_batches} batch(es), recomputing "
+                f"{self.num_batches - self.cached_batches} in every HVP")
 
     # ------------------------------------------------------------------ products
     def _backward(self, graph: Sequence[torch.Tensor | None], V: torch.Tensor, retain: bool,
@@ -275,12 +322,14 @@ class HessianOperator:
             add(into[i], out, batch=False)
 
     def _local_hvp(self, V: torch.Tensor, out: torch.Tensor) -> None:
-        if self.cached:
+        if self._graph is not None:
             self._backward(self._graph, V, retain=True, into=out)
+        if self.cached:
             return
-        count = 0
+        count = self._cached_count
         with _eval_mode(self.model):
-            for i, (x, y, n) in enumerate(self._batches("Hessian: HVP")):
+            for i, (x, y, n) in enumerate(self._batches("Hessian: HVP", skip=self.cached_batches),
+                                          start=self.cached_batches):
                 with self._graph_mode():
                     loss = self._batch_loss(x, y, i)
                 g = torch.autograd.grad(loss * (n / self.num_samples), self.params, create_graph=True,
@@ -352,12 +401,13 @@ class HessianOperator:
 
     @torch.enable_grad()
     def _full_gradient(self) -> torch.Tensor:
-        if self.cached:
-            g = _flat([None if t is None else t.detach() for t in self._graph], self.params)
-        else:
-            g = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+        g = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+        if self._graph is not None:
+            g += _flat([None if t is None else t.detach() for t in self._graph], self.params)
+        if not self.cached:
             with _eval_mode(self.model):
-                for i, (x, y, n) in enumerate(self._batches("Hessian: gradient")):
+                for i, (x, y, n) in enumerate(self._batches("Hessian: gradient", skip=self.cached_batches),
+                                              start=self.cached_batches):
                     grads = torch.autograd.grad(self._batch_loss(x, y, i), self.params, allow_unused=True)
                     g += _flat(grads, self.params) * (n / self.num_samples)
         dist.all_reduce_sum(g)
