@@ -127,7 +127,8 @@ def test_missing_config_suggests_shipped(tmp_path):
 
 
 def test_overrides(tmp_path):
-    cfg = load_config(None, ["train.lr=0.5", "lmbda=1e-4", "l1=true", "seed=3", "data=null"])
+    cfg = load_config(None, ["train.lr=0.5", "lmbda=1e-4", "l1=true", "seed=3", "data=null", "pipeline=gp",
+                                 "gp.sparsity_from=config"])
     assert cfg.train.lr == 0.5 and cfg.train.l1_lambda == pytest.approx(1e-4) and cfg.seed == 3
     with pytest.raises(ConfigError, match="did you mean 'train'"):
         load_config(None, ["trian.lr=1"])

@@ -4,60 +4,89 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import yaml
-
 from prunelimit.config import RunConfig, config_from_overrides, dump_config, load_config, shipped_configs
 from prunelimit.config.build import ConfigError
 from prunelimit.errors import PrunelimitError
-
-# original GP flag -> finetune field
-_FINETUNE_FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "momentum": "momentum",
-                   "weight_decay": "weight_decay", "smoothing": "label_smoothing",
-                   "warmup_epochs": "warmup_epochs", "schedule": "schedule", "nesterov": "nesterov"}
-_PRUNE_FLAGS = {"sparsity": "sparsity", "min_threshold": "min_threshold", "mt_mode": "mt_mode",
-                "include": "include", "exclude": "exclude", "rule": "rule"}
-
 
 def dispatch(args: argparse.Namespace, argv: list[str]) -> int:
     return COMMANDS[args.command](args, argv)
 
 
 # ---- building configs from flags ------------------------------------------------------------------
-def _flag_overrides(args: argparse.Namespace) -> list[str]:
-    """The common flags and the original GP flags as ``section.key=value`` overrides."""
-    out = []
-    for flag, key in (("out", "out"), ("device", "device"), ("seed", "seed")):
-        if getattr(args, flag, None) is not None:
-            out.append(f"{key}={_yaml(getattr(args, flag))}")
-    if getattr(args, "no_progress", False):
-        out.append("show_progress=false")
-    for flag, key in _FINETUNE_FLAGS.items():
-        if getattr(args, flag, None) is not None:
-            out.append(f"finetune.{key}={_yaml(getattr(args, flag))}")
-    for flag, key in _PRUNE_FLAGS.items():
-        if getattr(args, flag, None) is not None:
-            out.append(f"prune.{key}={_yaml(getattr(args, flag))}")
-    if getattr(args, "workers", None) is not None:
-        out.append(f"data.workers={args.workers}")
+# Every flag that sets a config key, in one table: argparse dest -> config key. Values go into the config
+# as they are (typed by argparse), never re-serialised to YAML text.
+FLAG_KEYS = {
+    "out": "out", "device": "device", "seed": "seed",
+    # the original GP flags: the fine-tuning recipe ...
+    "epochs": "finetune.epochs", "batch_size": "finetune.batch_size", "lr": "finetune.lr",
+    "momentum": "finetune.momentum", "weight_decay": "finetune.weight_decay", "smoothing": "finetune.label_smoothing",
+    "warmup_epochs": "finetune.warmup_epochs", "schedule": "finetune.schedule", "nesterov": "finetune.nesterov",
+    "workers": "data.workers",
+    # ... and the pruning
+    "sparsity": "prune.sparsity", "min_threshold": "prune.min_threshold", "mt_mode": "prune.mt_mode",
+    "include": "prune.include", "exclude": "prune.exclude", "rule": "prune.rule",
+    # model and data (prune / finetune)
+    "model": "model.name", "num_classes": "model.num_classes", "checkpoint": "model.checkpoint",
+    "data_path": "data.data_path", "dataset": "data.dataset",
+}
+# flags whose presence sets a fixed value, and flags whose text is parsed first
+SWITCH_KEYS = {"no_progress": ("show_progress", False), "download": ("data.download", True)}
+
+
+def _input_shape(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace("x", ",").split(",")]
+    except ValueError:
+        raise ConfigError(f"--input-shape {text!r} must look like 3,32,32") from None
+
+
+PARSED_KEYS = {"input_shape": ("model.input_shape", _input_shape), "model_arg": ("model.kwargs", lambda v: model_kwargs(v))}
+
+
+def flag_values(args: argparse.Namespace) -> dict[str, tuple[str, object]]:
+    """``{config key: (the flag as typed, value)}`` for every flag given on this command line."""
+    out: dict[str, tuple[str, object]] = {}
+    for dest, key in FLAG_KEYS.items():
+        if getattr(args, dest, None) is not None:
+            out[key] = (_flag(dest), getattr(args, dest))
+    for dest, (key, value) in SWITCH_KEYS.items():
+        if getattr(args, dest, False):
+            out[key] = (_flag(dest), value)
+    for dest, (key, parse) in PARSED_KEYS.items():
+        if getattr(args, dest, None):
+            out[key] = (_flag(dest), parse(getattr(args, dest)))
     return out
 
 
-def _yaml(v) -> str:
-    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
 
 
-def _config(args: argparse.Namespace, *, extra: list[str] = (), empty_base: bool = False) -> RunConfig:
+def _config(args: argparse.Namespace, *, extra: dict[str, object] | None = None, empty_base: bool = False,
+            drop: tuple[str, ...] = (), unread_ok: tuple[str, ...] = ()) -> RunConfig:
     """CONFIG (default: the embedded default) + positional overrides + ``extra`` + flags.
 
-    ``empty_base``: without CONFIG start from the built-in defaults instead of the embedded default run."""
+    ``empty_base``: without CONFIG start from the built-in defaults instead of the embedded default run.
+    ``drop``: config keys whose flags this command handles itself. A flag or a ``section.key`` override
+    that sets a key the run never reads is refused (a flag that does nothing is a silent surprise), except
+    keys under the prefixes ``unread_ok`` (recorded for a later command)."""
     config = getattr(args, "config", None)
     positional = list(getattr(args, "overrides", []) or [])
     if config is not None and "=" in config and not Path(config).exists():
         config, positional = None, [config] + positional  # `prunelimit run key=value ...` without CONFIG
-    overrides = positional + list(extra) + _flag_overrides(args)
+    flags = {k: v for k, v in flag_values(args).items() if k not in drop}
+    values = {**(extra or {}), **{k: v for k, (_, v) in flags.items()}}
     if empty_base and config is None:
-        return config_from_overrides(overrides)
-    return load_config(config, overrides)
+        cfg = config_from_overrides(positional, values=values)
+    else:
+        cfg = load_config(config, positional, values=values)
+    given = {k: flag for k, (flag, _) in flags.items()}
+    given.update({o.split("=", 1)[0].strip(): f"override {o!r}" for o in positional if "." in o.split("=", 1)[0]})
+    for key, source in given.items():
+        reason = None if key.startswith(unread_ok) else cfg.unread_reason(key)
+        if reason:
+            raise ConfigError(f"{source} sets {key}, which this run never reads: {reason}")
+    return cfg
 
 
 # ---- commands ---------------------------------------------------------------------------------------
@@ -71,7 +100,7 @@ def cmd_run(args, argv) -> int:
 def _limit_stages(args, argv, stages: dict[str, bool]) -> int:
     from prunelimit.pipeline.run import run_pipeline
 
-    extra = ["pipeline=limit"] + [f"stages.{k}={str(v).lower()}" for k, v in stages.items()]
+    extra = {"pipeline": "limit", **{f"stages.{k}": v for k, v in stages.items()}}
     run_pipeline(_config(args, extra=extra), ["prunelimit", *argv], allow_pickle=args.allow_pickle)
     return 0
 
@@ -90,29 +119,6 @@ def cmd_spectrum(args, argv) -> int:
 
 def cmd_limit(args, argv) -> int:
     return _limit_stages(args, argv, {"sweep": True, "spectrum": True, "limit": True})
-
-
-def _model_overrides(args) -> list[str]:
-    out = []
-    if args.model is not None:
-        out.append(f"model.name={_yaml(args.model)}")
-    if args.num_classes is not None:
-        out.append(f"model.num_classes={args.num_classes}")
-    if getattr(args, "model_arg", None):
-        out.append(f"model.kwargs={_yaml(model_kwargs(args.model_arg))}")
-    if args.input_shape is not None:
-        try:
-            shape = [int(x) for x in args.input_shape.replace("x", ",").split(",")]
-        except ValueError:
-            raise ConfigError(f"--input-shape {args.input_shape!r} must look like 3,32,32") from None
-        out.append(f"model.input_shape={shape}")
-    if args.checkpoint is not None:
-        out.append(f"model.checkpoint={_yaml(args.checkpoint)}")
-    if args.data_path is not None:
-        out.append(f"data.data_path={_yaml(args.data_path)}")
-    if args.download:
-        out.append("data.download=true")
-    return out
 
 
 def model_kwargs(pairs: list[str]) -> dict:
@@ -144,24 +150,44 @@ def cmd_prune(args, argv) -> int:
     config_given = args.config is not None and not ("=" in args.config and not Path(args.config).exists())
     if not config_given and args.model is None:
         raise ConfigError("prune needs --model NAME (and usually --checkpoint PATH), or a CONFIG file")
-    extra = ["pipeline=gp", "gp.finetune=false"]
-    if args.dataset is not None:
-        extra.append(f"data.dataset={_yaml(args.dataset)}")
-    cfg = _config(args, extra=extra + _model_overrides(args), empty_base=True)
+    # prune prunes at prune.sparsity, never fine-tunes; the fine-tuning flags are recorded for `finetune RUN`
+    extra = {"pipeline": "gp", "gp.finetune": False, "gp.sparsity_from": "config"}
+    cfg = _config(args, extra=extra, empty_base=True, unread_ok=("finetune.",))
     if not config_given:
+        # the GP repository's command: one method, GP+MT exactly when --min-threshold is given (a CONFIG says
+        # which methods it wants in gp.methods, and that is kept); no --dataset: no evaluation
+        extra.update({"gp.methods": ["gp_mt"] if cfg.prune.min_threshold else ["gp"],
+                      "name": f"prune-{cfg.model.name}-{cfg.prune.sparsity:g}" + (
+                          f"-mt{cfg.prune.min_threshold:g}" if cfg.prune.min_threshold else "")})
         if args.dataset is None:
-            cfg.data = None
-        cfg.name = f"prune-{cfg.model.name}-{cfg.prune.sparsity:g}" + (
-            f"-mt{cfg.prune.min_threshold:g}" if cfg.prune.min_threshold else "")
-    cfg.gp.methods = ["gp_mt"] if cfg.prune.min_threshold else ["gp"]
+            extra["data"] = None
+        cfg = _config(args, extra=extra, empty_base=True, unread_ok=("finetune.",))
     prune_command(cfg, ["prunelimit", *argv], allow_pickle=args.allow_pickle)
     return 0
 
 
 def cmd_finetune(args, argv) -> int:
-    from prunelimit.pipeline.prune import finetune_command
+    from prunelimit.pipeline.prune import MASK_FILE, PRUNED_FILE, finetune_command, locate_pruned_run
 
-    finetune_command(args, _flag_overrides(args), _model_overrides(args), ["prunelimit", *argv])
+    flags = {k: v for k, (_, v) in flag_values(args).items() if k != "model.checkpoint"}  # weights: below
+    flags.update({"gp.finetune": True, "gp.sparsity_from": "config"})
+    if args.run_dir:
+        if args.out is not None:
+            raise ConfigError(f"--out has no effect with RUN_DIR: fine-tuning writes into {args.run_dir!r} "
+                              f"itself; drop --out (or copy the run directory first)")
+        run_dir, method_dir, method = locate_pruned_run(Path(args.run_dir), args.method)
+        cfg = load_config(run_dir / "config.yaml", values={**flags, "out": str(run_dir)})
+        weights = Path(args.checkpoint) if args.checkpoint else method_dir / PRUNED_FILE
+        mask_path = Path(args.masks) if args.masks else method_dir / MASK_FILE
+    else:
+        if not (args.model and args.checkpoint and args.masks):
+            raise ConfigError("finetune needs a RUN_DIR made by `prunelimit prune`, or --model, --checkpoint "
+                              "(the pruned weights) and --masks")
+        cfg = config_from_overrides(values={**flags, "pipeline": "gp", "name": f"finetune-{args.model}"})
+        weights, mask_path, method = Path(args.checkpoint), Path(args.masks), "finetune"
+        method_dir = (Path(cfg.out) if cfg.out else Path("runs") / cfg.name) / method
+    finetune_command(cfg, ["prunelimit", *argv], method=method, method_dir=method_dir, weights=weights,
+                     mask_path=mask_path, evaluate_only=args.evaluate, allow_pickle=args.allow_pickle)
     return 0
 
 

@@ -52,9 +52,9 @@ def _gp_flags(p: argparse.ArgumentParser, *, prune: bool = True) -> None:
     g.add_argument("--schedule", choices=["cosine", "linear", "step", "multistep", "none"])
     g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--workers", type=int, help="data loader workers per process")
-    g.add_argument("--sparsity", type=float, help="fraction of prunable weights to remove, e.g. 0.9")
-    g.add_argument("--min-threshold", type=float, help="MT: minimum kept weights per layer, in percent of N")
-    if prune:
+    if prune:  # finetune keeps the masks it is given: these flags could only be refused there
+        g.add_argument("--sparsity", type=float, help="fraction of prunable weights to remove, e.g. 0.9")
+        g.add_argument("--min-threshold", type=float, help="MT: minimum kept weights per layer, in percent of N")
         g.add_argument("--mt-mode", choices=["proportional", "global"], help="GP+MT redistribution (default proportional)")
         g.add_argument("--include", action="append", help="module-name pattern of prunable layers (repeatable)")
         g.add_argument("--exclude", action="append", help="module-name pattern to leave dense (repeatable)")

@@ -6,7 +6,7 @@ import os
 import typing
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import yaml
 
@@ -57,8 +57,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"config {str(path)!r} is not valid YAML{at}: {getattr(e, 'problem', e)}") from None
-    if data is None:
-        return {}
+    if data is None:  # an empty file (or comments only) would silently run the built-in defaults
+        raise ConfigError(f"config {str(path)!r} is empty; give at least the keys that differ from the defaults "
+                          f"(`prunelimit validate default` prints a complete config to start from)")
     if not isinstance(data, dict):
         raise ConfigError(f"config {str(path)!r} must be a mapping of keys (key: value), got {type(data).__name__}")
     return data
@@ -146,6 +147,26 @@ def refuse_pickle_opt_in(tree: dict[str, Any], where: str) -> None:
             del values[PICKLE_KEY]
 
 
+def apply_values(tree: dict[str, Any], values: Mapping[str, Any]) -> None:
+    """Typed values by key (``section.field`` or top-level), e.g. from the CLI's flag table; applied after
+    the file and the ``key=value`` overrides."""
+    for key, value in values.items():
+        section, dot, field = key.partition(".")
+        if not dot:
+            if key == "data" and value is None:
+                tree["data"] = None
+            elif key in TOP_LEVEL or key == PICKLE_KEY:
+                tree[""][key] = value
+            else:
+                raise ConfigError(f"unknown top-level key {key!r}{suggest(key, TOP_LEVEL)}")
+            continue
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown section {section!r} in {key!r}{suggest(section, SECTIONS)}")
+        if tree.get(section) is None:
+            tree[section] = {}
+        tree[section][field] = value
+
+
 def build_run_config(tree: dict[str, dict[str, Any]], where: str) -> RunConfig:
     refuse_pickle_opt_in(tree, where)
     base = to_dict(RunConfig())
@@ -181,22 +202,28 @@ def _section_type(tp):
     return args[0] if args else tp
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> RunConfig:
-    """Load ``path`` (a YAML file or a shipped config's name; None: the embedded default)."""
+def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = (),
+                values: Mapping[str, Any] | None = None) -> RunConfig:
+    """Load ``path`` (a YAML file or a shipped config's name; None: the embedded default), then apply the
+    ``key=value`` ``overrides`` and the typed ``values`` (``{"train.lr": 0.1}``)."""
     p = resolve_config_path(path if path is not None else "default")
     tree = split_raw(read_yaml(p), str(p))
     overrides = list(overrides)
     apply_overrides(tree, overrides)
-    cfg = build_run_config(tree, f"{p} (with command-line overrides)" if overrides else str(p))
+    apply_values(tree, values or {})
+    cfg = build_run_config(tree, f"{p} (with command-line overrides)" if overrides or values else str(p))
     if cfg.name is None:
         cfg.name = p.stem
     return cfg
 
 
-def config_from_overrides(overrides: Iterable[str], where: str = "command line") -> RunConfig:
-    """A RunConfig from the built-in defaults plus ``key=value`` overrides (commands run without CONFIG)."""
+def config_from_overrides(overrides: Iterable[str] = (), where: str = "command line", *,
+                          values: Mapping[str, Any] | None = None) -> RunConfig:
+    """A RunConfig from the built-in defaults plus ``key=value`` overrides and typed ``values`` (commands
+    run without CONFIG)."""
     tree: dict[str, Any] = {"": {}}
     apply_overrides(tree, overrides)
+    apply_values(tree, values or {})
     return build_run_config(tree, where)
 
 

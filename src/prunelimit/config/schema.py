@@ -65,7 +65,8 @@ class StagesConfig:
     sweep: bool = True                 # one-shot pruning sweep (original key: sparse)
     spectrum: bool = True              # Hessian spectrum by SLQ
     limit: bool = True                 # predicted vs actual limit, result files, plots
-    save_model: bool = True            # keep the trained model's checkpoint (original key: save_model)
+    save_model: bool = True            # keep the trained dense model's files in dense/ (original key: save_model);
+                                       # false: deleted once the command is done, a rerun trains again
 
 
 @dataclass
@@ -74,7 +75,8 @@ class RunConfig:
     name: str | None = None            # run name; the run directory is <out or runs/NAME>
     out: str | None = None             # run directory; default runs/<name>
     device: str = "auto"               # "auto", "cpu", "cuda", "cuda:1"
-    seed: int = 0                      # seeds model init, data order and probes
+    seed: int = 0                      # seeds model init, data order, training and probes (every per-purpose
+                                       # seed left null: train.seed, finetune.seed, spectrum.seed)
     gpu: int | None = None             # original key: GPU index used when device is "auto" and CUDA exists
     show_progress: bool = True         # tqdm progress bars
     eval_batch_size: int | None = None # total batch for evaluations and sweeps; None: the training batch size
@@ -98,6 +100,53 @@ class RunConfig:
             raise PrunelimitError(f"threads must be a positive integer or null, got {self.threads}")
         if self.gpu is not None and self.gpu < 0:
             raise PrunelimitError(f"gpu must be a GPU index such as 0, got {self.gpu}")
+        self._check_combinations()
+
+    # ---- cross-section checks: what would otherwise fail after hours of work ---------------------------
+    def _check_combinations(self) -> None:
+        lc, st = self.limit, self.stages
+        limit_runs = self.pipeline in ("limit", "default")
+        if limit_runs and self.data is None:
+            raise PrunelimitError(f"pipeline {self.pipeline!r} trains, sweeps and takes the Hessian on data, but "
+                                  f"data is null; set data.dataset (or use pipeline: gp)")
+        if limit_runs and st.limit and not st.sweep:
+            raise PrunelimitError("stages.limit needs the sweep for the actual limit and R(p); set stages.sweep: true "
+                                  "(original key sparse: true) or stages.limit: false")
+        needs_eps = limit_runs and (st.limit or (st.sweep and lc.adaptive and lc.rule == "loss_increase"))
+        if needs_eps and lc.epsilon == "loss_std" and self.data is not None and not self.data.use_full_data:
+            raise PrunelimitError("data.use_full_data: false keeps one minibatch for the Hessian and epsilon, but "
+                                  "limit.epsilon: loss_std is the std of the loss over minibatches and needs at least "
+                                  "two; set limit.epsilon to a number (e.g. 0.01) or data.use_full_data: true")
+        if limit_runs and st.sweep and lc.rule == "loss_increase" and not lc.sweep_train:
+            raise PrunelimitError("limit.rule: loss_increase compares training losses, but limit.sweep_train: false "
+                                  "skips them; set sweep_train: true or choose another rule")
+        if self.gp.sparsity_from == "predicted_limit" and self.pipeline == "gp":
+            raise PrunelimitError("gp.sparsity_from: predicted_limit needs the limit pipeline's prediction, which "
+                                  "pipeline: gp does not compute; use pipeline: default or sparsity_from: config")
+        if self.gp.sparsity_from == "predicted_limit" and self.pipeline == "default" and not st.limit:
+            raise PrunelimitError("gp.sparsity_from: predicted_limit needs stages.limit: true (the prediction)")
+
+    def seed_for(self, own: int | None) -> int:
+        """A per-purpose seed (train.seed, finetune.seed, spectrum.seed): its own value when set, else the
+        top-level ``seed``, so ``--seed`` changes every random choice of the run."""
+        return self.seed if own is None else own
+
+    def unread_reason(self, key: str) -> str | None:
+        """Why this run would never read ``key`` (``section.field``), or None when it does. The CLI refuses
+        a flag or override that sets an unread key instead of ignoring it."""
+        section, _, field = key.partition(".")
+        limit_runs, gp_runs = self.pipeline in ("limit", "default"), self.pipeline in ("gp", "default")
+        if section in ("limit", "spectrum", "stages") and not limit_runs and field not in ("train", "save_model"):
+            return f"pipeline {self.pipeline!r} runs no limit stages"
+        if section in ("prune", "gp", "finetune") and not gp_runs:
+            return f"pipeline {self.pipeline!r} does not prune (use pipeline: default or gp)"
+        if section == "finetune" and not self.gp.finetune:
+            return "gp.finetune is false (no fine-tuning)"
+        if key == "prune.sparsity" and self.gp.sparsity_from == "predicted_limit":
+            return ("this run prunes at the predicted limit (gp.sparsity_from: predicted_limit; prune.sparsity is "
+                    "only the fallback when the prediction has no fixed point); add gp.sparsity_from=config to "
+                    "prune at the sparsity you give")
+        return None
 
 
 SECTIONS = ("model", "data", "train", "stages", "spectrum", "limit", "prune", "gp", "finetune")

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from prunelimit import dist
 from prunelimit.config.build import to_dict
 from prunelimit.config.schema import RunConfig
+from prunelimit.runs.io import make_dirs
 from prunelimit.runs.rundir import RunDir
 from prunelimit.errors import PrunelimitError
 
@@ -64,7 +65,7 @@ def setup(cfg: RunConfig, argv: list[str] | None = None, *, strict_keys: set[str
     seed_everything(cfg.seed)
     run = RunDir(default_out(cfg))
     if dist.is_main():
-        run.path.mkdir(parents=True, exist_ok=True)
+        make_dirs(run.path)
     dist.barrier()
     run.write_config(to_dict(cfg), strict_keys=strict_keys)
     run.write_environment(argv)
@@ -103,6 +104,9 @@ def fingerprint(cfg: RunConfig, stage: str) -> dict:
         if field:
             value = None if value is None else value.get(field)
         out[key] = value
+    lc = cfg.limit
+    if stage == "sweep" and lc.adaptive and lc.rule == "loss_increase":  # its search stops where epsilon says
+        out["limit.epsilon"], out["limit.epsilon_ddof"] = lc.epsilon, lc.epsilon_ddof
     return out
 
 

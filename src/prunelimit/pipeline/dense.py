@@ -1,6 +1,8 @@
 """The dense model every pipeline starts from: a given checkpoint, or training (optionally with L1)."""
 from __future__ import annotations
 
+import dataclasses
+
 from torch import nn
 
 from prunelimit.pipeline.common import Context, Data, build_model, fingerprint, eval_loader, load_weights, say, train_loader
@@ -19,10 +21,12 @@ def dense_model(ctx: Context, data: Data | None, *, train_if_needed: bool = True
     cfg, run = ctx.cfg, ctx.run
     model = build_model(cfg, with_data=data is not None)
     done = run.stage_result("dense", fingerprint(cfg, "dense"))
-    if done is not None:
+    if done is not None and done.get("weights"):
         load_weights(model, done["weights"], allow_pickle=ctx.allow_pickle and done["source"] == "checkpoint")
         say(f"dense model: reusing {done['weights']} (finished earlier)")
         return model.to(ctx.device), done
+    if done is not None:
+        say("dense model: its weights were not kept (stages.save_model: false); training it again")
 
     if cfg.model.checkpoint:
         load_weights(model, cfg.model.checkpoint, allow_pickle=ctx.allow_pickle)
@@ -50,7 +54,7 @@ def dense_model(ctx: Context, data: Data | None, *, train_if_needed: bool = True
     from prunelimit.train import train
 
     out_dir = run.sub("dense")
-    t = cfg.train
+    t = dataclasses.replace(cfg.train, seed=cfg.seed_for(cfg.train.seed))
     if (out_dir / "checkpoint_last.pth.tar").exists():
         say(f"resuming dense training from {out_dir / 'checkpoint_last.pth.tar'}")
     l1 = f", L1 lambda {t.l1_lambda:g}" if t.l1_lambda > 0 else ""
@@ -62,10 +66,14 @@ def dense_model(ctx: Context, data: Data | None, *, train_if_needed: bool = True
     weights = out_dir / DENSE_FILE
     from prunelimit import dist
 
-    if dist.is_main():
+    if dist.is_main() and cfg.stages.save_model:
         atomic_torch_save({"state_dict": _plain_state_dict(model)}, weights)
+    elif dist.is_main():  # the trained weights live on in memory for this command's later stages only
+        for name in ("checkpoint_last.pth.tar", "model_best.pth.tar", DENSE_FILE):
+            (out_dir / name).unlink(missing_ok=True)
+        say(f"dense model: not kept on disk (stages.save_model: false); {out_dir} keeps only train_log.csv")
     final = result.final or {}
-    record = {"source": "trained", "weights": str(weights), "epochs": t.epochs,
+    record = {"source": "trained", "weights": str(weights) if cfg.stages.save_model else None, "epochs": t.epochs,
               "test_top1": final.get("test_top1", final.get("top1")), "best_top1": result.best_top1,
               "l1_lambda": t.l1_lambda}
     run.mark_done("dense", record, fingerprint(cfg, "dense"))

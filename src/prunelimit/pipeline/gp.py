@@ -7,6 +7,7 @@ Per method directory (``gp/``, ``gp_mt/``): ``prune_log.csv`` (GP, as the origin
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 from torch import nn
@@ -109,7 +110,7 @@ def finetune_method(ctx: Context, model: nn.Module, masks: dict, data: Data, out
     if done is not None:
         say(f"{title}: fine-tuning finished earlier (best top-1 {done['best_top1']:.2f} %)")
         return done
-    f = cfg.finetune
+    f = dataclasses.replace(cfg.finetune, seed=cfg.seed_for(cfg.finetune.seed))
     if (out / "checkpoint_last.pth.tar").exists():
         say(f"{title}: resuming fine-tuning from {out / 'checkpoint_last.pth.tar'}")
     say(f"{title}: fine-tuning {f.epochs} epochs (lr {f.lr:g}, {f.schedule} schedule, "

@@ -25,7 +25,8 @@ def _ordering(ctx: Context, model: nn.Module):
     return MagnitudeOrdering.from_model(model, include=p.include, exclude=p.exclude)
 
 
-def sweep_stage(ctx: Context, model: nn.Module, data: Data, ordering) -> list[dict]:
+def sweep_stage(ctx: Context, model: nn.Module, data: Data, ordering, epsilon=None) -> list[dict]:
+    """``epsilon``: a callable giving ``(eps, source)``; the adaptive search of the loss rule needs it."""
     from prunelimit.limit import adaptive_limit_search, run_sweep
     from prunelimit.limit.sweep import tail_grid
 
@@ -47,9 +48,10 @@ def sweep_stage(ctx: Context, model: nn.Module, data: Data, ordering) -> list[di
     if lc.adaptive:
         say(f"adaptive limit search ({lc.coarse_points} coarse points, then bisection; rule {lc.rule}, "
             f"reading {lc.reading}, loss {lc.loss})")
+        eps = epsilon()[0] if lc.rule == "loss_increase" else None  # the rule's tolerance, known before the search
         _, rows = adaptive_limit_search(model, ordering, test_eval, lc.rule, evaluate_train=train_eval,
                                         coarse_points=lc.coarse_points, tol=1 / lc.sweep_points,
-                                        delta=lc.delta, reading=lc.reading, loss=lc.loss,
+                                        delta=lc.delta, epsilon=eps, reading=lc.reading, loss=lc.loss,
                                         show_progress=cfg.show_progress)
         if dist.is_main():
             from prunelimit.limit.sweep import SWEEP_COLUMNS
@@ -145,10 +147,11 @@ def spectrum_stage(ctx: Context, model: nn.Module, data: Data, get_op) -> dict:
     if steps < s.lanczos_iter:
         say(f"spectrum: lanczos_iter {s.lanczos_iter} exceeds the Hessian dimension {op.dim}; using {steps}")
     say(f"spectrum: Hessian over {op.dim:,} parameters; {memory_message(op.dim, steps, op.dtype, probes=1)}")
-    nodes, weights = slq_spectrum(op, steps, s.lanczos_num, seed=s.seed, show_progress=cfg.show_progress)
+    seed = cfg.seed_for(s.seed)
+    nodes, weights = slq_spectrum(op, steps, s.lanczos_num, seed=seed, show_progress=cfg.show_progress)
     k = min(s.top_k, op.dim)
-    top = top_eigenvalues(op, k, seed=s.seed)[0] if k > 0 else torch.empty(0)
-    trace, trace_err = hessian_trace(op, s.trace_samples, seed=s.seed) if s.trace_samples > 0 else (None, None)
+    top = top_eigenvalues(op, k, seed=seed)[0] if k > 0 else torch.empty(0)
+    trace, trace_err = hessian_trace(op, s.trace_samples, seed=seed) if s.trace_samples > 0 else (None, None)
     grid, density = spectral_density(nodes, weights, sigma=s.density_sigma, num_points=s.density_points)
     result = {"dim": op.dim, "lanczos_iter": steps, "lanczos_num": s.lanczos_num,
               "nodes": nodes.tolist(), "weights": weights.tolist(),
@@ -194,9 +197,45 @@ def rows_stage(ctx: Context, model: nn.Module, get_op) -> float:
     return q
 
 
+def loss_tolerance(ctx: Context, model: nn.Module, loss_fn, loader) -> tuple[float, str]:
+    """``(epsilon, where it came from)``: ``limit.epsilon`` when a number, else the std of the per-minibatch
+    training loss at w*."""
+    from prunelimit.limit import loss_epsilon
+
+    lc = ctx.cfg.limit
+    if lc.epsilon != "loss_std":
+        return float(lc.epsilon), "given (limit.epsilon)"
+    eps, _ = loss_epsilon(model, loader, loss_fn, device=ctx.device, ddof=lc.epsilon_ddof)
+    if not (math.isfinite(eps) and eps > 0):
+        raise PrunelimitError(f"epsilon came out as {eps}: the per-batch training losses do not vary (one batch?). "
+                              f"Set limit.epsilon to a positive number, or use more than one batch")
+    return eps, f"std (ddof {lc.epsilon_ddof}) of the per-minibatch training {lc.loss} loss at w*"
+
+
+def width_measure(s, spectrum: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eigenvalue measure the Gaussian width integrates: the SLQ nodes and weights themselves, or with
+    ``spectrum.density_kernel: original`` the original code's binned density (variance 1e-10 on 100 000
+    bins), whose underflow biases the width; offered only to reproduce the original's numbers."""
+    nodes = torch.tensor(spectrum["nodes"], dtype=torch.float64)
+    weights = torch.tensor(spectrum["weights"], dtype=torch.float64)
+    if s.density_kernel != "original":
+        return nodes, weights
+    import warnings
+
+    from prunelimit.spectrum.density import original_density
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the all-underflow case is reported below
+        grid, density = original_density(nodes, weights, probes=spectrum.get("lanczos_num", s.lanczos_num))
+    if float(density.sum()) <= 0:
+        raise PrunelimitError("spectrum.density_kernel: original underflowed to zero in every bin (kernel variance "
+                              "1e-10 against the bin width), so it gives no width; use density_kernel: gaussian")
+    return grid, density
+
+
 def limit_stage(ctx: Context, model: nn.Module, data: Data, ordering, rows: list[dict], spectrum: dict,
                 q: float, loss_fn, loader) -> dict:
-    from prunelimit.limit import loss_epsilon, predict_limit, rule_limits
+    from prunelimit.limit import predict_limit, rule_limits
     from prunelimit.limit.plots import plot_sweep, plot_width
     from prunelimit.limit.results import build_result, conventions_line, write_result_files
     from prunelimit.limit.rules import LOSS_COLUMN
@@ -206,16 +245,8 @@ def limit_stage(ctx: Context, model: nn.Module, data: Data, ordering, rows: list
     if done is not None:
         return read_json(out / "result.json")
     lc = cfg.limit
-    if lc.epsilon == "loss_std":
-        eps, _ = loss_epsilon(model, loader, loss_fn, device=ctx.device, ddof=lc.epsilon_ddof)
-        eps_source = (f"std (ddof {lc.epsilon_ddof}) of the per-minibatch training {lc.loss} loss at w*")
-    else:
-        eps, eps_source = float(lc.epsilon), "given (limit.epsilon)"
-    if not (math.isfinite(eps) and eps > 0):
-        raise PrunelimitError(f"epsilon came out as {eps}: the per-batch training losses do not vary (one batch?). "
-                         f"Set limit.epsilon to a positive number, or use more than one batch")
-    nodes = torch.tensor(spectrum["nodes"], dtype=torch.float64)
-    weights = torch.tensor(spectrum["weights"], dtype=torch.float64)
+    eps, eps_source = loss_tolerance(ctx, model, loss_fn, loader)
+    nodes, weights = width_measure(cfg.spectrum, spectrum)
     prediction = predict_limit(nodes, weights, eps, ordering, flat_fraction=q, integer_R=lc.integer_R)
     base = rows[0]
     limits = rule_limits(rows, baseline=base["test_acc"], delta=lc.delta, epsilon=eps, loss=lc.loss)
@@ -238,11 +269,18 @@ def run_limit(ctx: Context, model: nn.Module, data: Data) -> dict | None:
     """Run the enabled limit stages; returns the result dict (None when the limit stage is off)."""
     st = ctx.cfg.stages
     ordering = _ordering(ctx, model)
+    hessian = functools.cache(lambda: hessian_setup(ctx, model, data))  # (get_op, loss_fn, loader), built once
+
+    @functools.cache
+    def epsilon():
+        _, loss_fn, loader = hessian()
+        return loss_tolerance(ctx, model, loss_fn, loader)
+
     with timed(ctx, "sweep"):
-        rows = sweep_stage(ctx, model, data, ordering) if st.sweep else None
+        rows = sweep_stage(ctx, model, data, ordering, epsilon) if st.sweep else None
     if not (st.spectrum or st.limit):
         return None
-    get_op, loss_fn, loader = hessian_setup(ctx, model, data)
+    get_op, loss_fn, loader = hessian()
     with timed(ctx, "spectrum"):
         spectrum = spectrum_stage(ctx, model, data, get_op)
     with timed(ctx, "rows"):

@@ -1,14 +1,13 @@
 """``prunelimit prune`` and ``prunelimit finetune``: the GP repository's two steps as separate commands."""
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
-from prunelimit.config import RunConfig, config_from_overrides, load_config
+from prunelimit.config import RunConfig
 from prunelimit.config.build import ConfigError
-from prunelimit.pipeline.common import (Context, build_model, eval_loader, evaluator, load_data, load_weights, say,
-                                        setup)
+from prunelimit.pipeline.common import (Context, build_model, default_out, eval_loader, evaluator, load_data,
+                                        load_weights, say, setup)
 from prunelimit.pipeline.dense import dense_model
 from prunelimit.pipeline.gp import MASK_FILE, METHOD_TITLES, PRUNED_FILE, finetune_method, run_gp
 from prunelimit.runs.report import print_summary, write_summary
@@ -58,7 +57,7 @@ def _report_method(ctx: Context, cfg: RunConfig, dense, data, method: str) -> di
             "bytes_compressed": rep.bytes_compressed}
 
 
-def _locate(run_dir: Path, method: str | None) -> tuple[Path, Path, str]:
+def locate_pruned_run(run_dir: Path, method: str | None) -> tuple[Path, Path, str]:
     """(run directory, method directory, method) from a run dir or a method folder."""
     if not run_dir.exists():
         raise PrunelimitError(f"run directory {str(run_dir)!r} does not exist; give the --out directory of `prunelimit prune`")
@@ -77,33 +76,19 @@ def _locate(run_dir: Path, method: str | None) -> tuple[Path, Path, str]:
     return run_dir, run_dir / candidates[0], candidates[0]
 
 
-def finetune_command(args: argparse.Namespace, flag_overrides: list[str], model_overrides: list[str],
-                     argv: list[str]) -> dict:
-    """Fine-tune (or with --evaluate only evaluate) a pruned model, from a run directory or model + mask files."""
+def finetune_command(cfg: RunConfig, argv: list[str], *, method: str, method_dir: Path, weights: Path,
+                     mask_path: Path, evaluate_only: bool = False, allow_pickle: bool = False) -> dict:
+    """Fine-tune (or with ``evaluate_only`` only evaluate) the pruned ``weights`` under ``mask_path``.
+
+    ``cfg.out`` is the run directory; ``method_dir`` its folder for this model (``gp/``, ``gp_mt/``, or
+    ``finetune/`` for files given by path). ``allow_pickle``: this command line's opt-in to unpickling."""
     from prunelimit.pruning import check_masks_fit, load_legacy_mask_npy, load_masks
 
-    dataset_override = [f"data.dataset={args.dataset}"] if args.dataset else []
-    if args.run_dir:
-        run_dir, method_dir, method = _locate(Path(args.run_dir), args.method)
-        overrides = [o for o in flag_overrides if not o.startswith("out=")] + [f"out={run_dir}"]
-        model_overrides = [o for o in model_overrides if not o.startswith("model.checkpoint=")]  # weights: below
-        cfg = load_config(run_dir / "config.yaml", overrides + model_overrides + dataset_override)
-        weights = Path(args.checkpoint) if args.checkpoint else method_dir / PRUNED_FILE
-        mask_path = Path(args.masks) if args.masks else method_dir / MASK_FILE
-    else:
-        if not (args.model and args.checkpoint and args.masks):
-            raise ConfigError("finetune needs a RUN_DIR made by `prunelimit prune`, or --model, --checkpoint "
-                              "(the pruned weights) and --masks")
-        cfg = config_from_overrides(flag_overrides + dataset_override + ["pipeline=gp"]
-                                    + [o for o in model_overrides if not o.startswith("model.checkpoint")])
-        cfg.name = f"finetune-{cfg.model.name}"
-        weights, mask_path, method = Path(args.checkpoint), Path(args.masks), "finetune"
-        run_dir = Path(cfg.out) if cfg.out else Path("runs") / cfg.name
-        method_dir = run_dir / method
+    run_dir = default_out(cfg)
     if cfg.data is None:
         raise ConfigError("finetune needs a dataset: pass --dataset NAME (and --data-path DIR), "
                           "e.g. --dataset cifar10 --data-path ~/data")
-    ctx = setup(cfg, argv, strict_keys={"model"}, allow_pickle=args.allow_pickle)
+    ctx = setup(cfg, argv, strict_keys={"model"}, allow_pickle=allow_pickle)
     data = load_data(cfg)
     model = build_model(cfg)
     load_weights(model, weights, allow_pickle=ctx.allow_pickle)
@@ -112,11 +97,11 @@ def finetune_command(args: argparse.Namespace, flag_overrides: list[str], model_
                                      include=cfg.prune.include, exclude=cfg.prune.exclude)
     else:
         masks = load_masks(mask_path)
-    check_masks_fit(model, masks, source=str(mask_path))
+    check_masks_fit(model, masks, source=str(mask_path), include=cfg.prune.include, exclude=cfg.prune.exclude)
     model.to(ctx.device)
     masks = {k: v.to(ctx.device) for k, v in masks.items()}
     title = METHOD_TITLES.get(method, "pruned model")
-    if args.evaluate:
+    if evaluate_only:
         return _evaluate_only(ctx, model, masks, data, weights, method_dir)
     prune_record = ctx.run.stage_result(f"{method}_prune") or {}
     record = finetune_method(ctx, model, masks, data, ctx.run.sub(method_dir.name), f"{method}_finetune", title,

@@ -27,7 +27,26 @@ def prunable_layers(model: nn.Module, include=None, exclude=None) -> tuple[list[
         raise PrunelimitError(f"model {type(unwrap_model(model)).__name__} has no prunable parameters (no layer of the "
                          f"types {', '.join(prunable_layer_types())}); select some with include=[...] patterns")
     check_not_meta(model, params)
+    check_finite(params)
     return [n for n, _ in params], [p for _, p in params]
+
+
+def check_finite(params) -> None:
+    """Refuse NaN/Inf weights, naming them: a NaN sorts above every magnitude, so it would be kept."""
+    with torch.no_grad():
+        bad = [n for n, p in params if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise PrunelimitError(f"prunable weight(s) {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} contain NaN "
+                              f"or Inf, which have no magnitude to rank; the checkpoint is broken (a diverged "
+                              f"training?): use an earlier checkpoint")
+
+
+def check_keeps_some(sparsity: float, k: int, n: int) -> None:
+    """Refuse a sparsity that rounds to pruning every weight, as sparsity 1.0 itself is refused."""
+    if n and k >= n:
+        raise PrunelimitError(f"sparsity {sparsity!r} rounds to pruning all {n:,} prunable weights "
+                              f"(k = floor(sparsity*N + 0.5) = {k:,}); use a sparsity below 1 - 0.5/N = "
+                              f"{1 - 0.5 / n:.10g}")
 
 
 def check_not_meta(model: nn.Module, params) -> None:
@@ -69,7 +88,9 @@ def global_magnitude_masks(model: nn.Module, sparsity: float, *, include=None, e
     if rule not in RULES:
         raise PrunelimitError(f"rule={rule!r} is not known; use one of {', '.join(RULES)}")
     names, weights = prunable_layers(model, include, exclude)
-    k = prune_count(p, sum(w.numel() for w in weights))
+    n = sum(w.numel() for w in weights)
+    k = prune_count(p, n)
+    check_keeps_some(sparsity, k, n)
     with torch.no_grad():
         _, masks = global_magnitude_cuts(names, weights, k, rule=rule, want_masks=True, want_counts=False)
     masks = dict(zip(names, masks))

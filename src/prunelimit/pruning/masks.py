@@ -77,6 +77,9 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> nn.Module:
 
     ``model`` may be wrapped (torch.compile, DataParallel, DDP) or not, and mask keys may use any name of a
     tied parameter or a wrapper's prefix: masks from either apply to both."""
+    if not masks:
+        raise PrunelimitError("apply_masks got no masks (an empty mapping), so nothing would be pruned; pass "
+                              "{parameter name: bool tensor}, e.g. from global_magnitude_masks or load_masks")
     params = dict(_unwrap(model).named_parameters())
     masks = canonical_masks(model, masks)
     for name, mask in masks.items():

@@ -27,7 +27,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .magnitude import global_magnitude_cuts, prunable_layers
+from .magnitude import check_keeps_some, global_magnitude_cuts, prunable_layers
 from .select import (NO_CUT, Cut, Pool, Workspace, check_sparsity, key_space, layer_cut, mask_from_cut, prune_count,
                      smallest_cuts)
 from prunelimit.errors import PrunelimitError
@@ -225,6 +225,7 @@ def _plan(model, sparsity, min_threshold, mode, include, exclude, want_masks):
     sizes = [w.numel() for w in weights]
     n_total = sum(sizes)
     k = prune_count(p, n_total)
+    check_keeps_some(sparsity, k, n_total)
     floor = floor_of(n_total, mt)
     check_feasible(sizes, p, mt)
     ws = Workspace(key_space(weights, names), weights)

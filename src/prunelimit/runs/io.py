@@ -6,6 +6,7 @@ Everything is written to a temporary file in the target directory and moved into
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -14,6 +15,42 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
+
+from prunelimit.errors import PrunelimitError
+
+# errno values that describe the user's file system, not a bug: the message says which path and why
+_FS_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EEXIST, errno.ENOTDIR,
+              errno.EISDIR, errno.ENAMETOOLONG, errno.ENOENT}
+
+
+class FileSystemError(PrunelimitError):
+    """A file or directory could not be written (read-only, full disk, a file where a folder should be)."""
+
+
+def filesystem_error(path: str | os.PathLike, e: OSError, doing: str = "write") -> PrunelimitError:
+    """One-line error naming ``path`` for an ``OSError`` the user's file system caused."""
+    where = e.filename if getattr(e, "filename", None) else path
+    hint = {errno.ENOSPC: "free some space or choose another --out",
+            errno.EDQUOT: "free some space or choose another --out",
+            errno.EROFS: "choose a writable --out",
+            errno.EACCES: "check the permissions or choose another --out",
+            errno.EPERM: "check the permissions or choose another --out",
+            errno.EEXIST: "a file is in the way of a directory; choose another --out",
+            errno.ENOTDIR: "a file is in the way of a directory; choose another --out",
+            errno.EISDIR: "give a file name, not a directory"}.get(e.errno, "check the path")
+    return FileSystemError(f"cannot {doing} {os.fspath(where)!r}: {e.strerror or e} (errno {e.errno}); {hint}")
+
+
+def make_dirs(path: str | os.PathLike) -> Path:
+    """``mkdir -p`` with a one-line error when a file is in the way or the disk refuses."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        if e.errno in _FS_ERRNOS:
+            raise filesystem_error(path, e, "create the directory") from None
+        raise
+    return path
 
 
 def _umask() -> int:
@@ -24,8 +61,16 @@ def _umask() -> int:
 
 def _atomic_write(path: str | os.PathLike, write_fn, mode: str = "wb") -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise FileSystemError(f"cannot write {str(path)!r}: it is a directory; give a file name inside it, "
+                              f"e.g. {str(path / 'file')!r}")
+    make_dirs(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        if e.errno in _FS_ERRNOS:
+            raise filesystem_error(path, e) from None
+        raise
     try:
         with os.fdopen(fd, mode) as f:
             write_fn(f)
@@ -33,11 +78,13 @@ def _atomic_write(path: str | os.PathLike, write_fn, mode: str = "wb") -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.errno in _FS_ERRNOS:
+            raise filesystem_error(path, e) from None
         raise
     return path
 

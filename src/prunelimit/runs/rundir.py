@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from prunelimit import dist
-from prunelimit.runs.io import atomic_write_text, read_json, write_json
+from prunelimit.runs.io import atomic_write_text, make_dirs, read_json, write_json
 from prunelimit.errors import PrunelimitError
 
 # Keys that may change between invocations of the same run without invalidating its results.
@@ -33,7 +33,7 @@ class RunDir:
     def sub(self, name: str) -> Path:
         p = self.path / name
         if dist.is_main():
-            p.mkdir(parents=True, exist_ok=True)
+            make_dirs(p)
         return p
 
     # ---- config and environment -------------------------------------------------------------

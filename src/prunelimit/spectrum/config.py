@@ -26,7 +26,7 @@ class SpectrumConfig:
     hessian_batch_size: int | None = None  # samples per Hessian batch with full data; null = the
                                      # largest that fits the budget (epsilon keeps the training batches)
     lean_graphs: bool = True         # lean second-order graphs (false: PyTorch's plain double backward)
-    seed: int = 0                    # seed of the Rademacher probes and restart vectors
+    seed: int | None = None          # seed of the Rademacher probes and restart vectors; None: the run's seed
 
     def __post_init__(self):
         def positive_int(key: str, minimum: int = 1):
@@ -38,7 +38,8 @@ class SpectrumConfig:
             positive_int(key)
         positive_int("trace_samples", 0)
         positive_int("density_points", 2)
-        positive_int("seed", 0)
+        if self.seed is not None:
+            positive_int("seed", 0)
         if self.density_sigma is not None and not (isinstance(self.density_sigma, (int, float))
                                                    and self.density_sigma > 0):
             raise PrunelimitError(f"spectrum.density_sigma={self.density_sigma!r} must be a positive number "

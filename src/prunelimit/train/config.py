@@ -37,15 +37,15 @@ class TrainConfig:
     l1_lambda: float = 0.0            # strength of the L1 term lambda * sum |theta|; 0 = no L1 term
     l1_params: str = "weight_bias"    # L1 set: "weight_bias" (original), "prunable" (conv/linear weights), "all"
     amp: bool = True                  # mixed precision (float16 autocast + GradScaler) on CUDA; ignored on CPU
-    seed: int = 0                     # seeds torch/numpy/random (plus the rank) at the start of a fresh run
-    workers: int = 0                  # DataLoader worker processes, for whoever builds the loaders
+    seed: int | None = None           # seeds torch/numpy/random (plus the rank) at the start of a fresh run;
+                                      # None: the run's top-level seed (0 when TrainConfig is used alone)
     eval_every: int = 1               # evaluate on the test loader every this many epochs (and the last one)
     save_every_epoch: bool = True     # rewrite checkpoint_last every epoch (False: only at the end)
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "eval_every"):
             _check_int(name, getattr(self, name), 1)
-        for name in ("warmup_epochs", "seed", "workers"):
+        for name in ("warmup_epochs",) + (("seed",) if self.seed is not None else ()):
             _check_int(name, getattr(self, name), 0)
         for name in ("nesterov", "amp", "save_every_epoch"):
             if not isinstance(getattr(self, name), bool):

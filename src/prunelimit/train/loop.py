@@ -125,11 +125,11 @@ def train(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *, devi
         else:
             warnings.warn(f"{ckpt_path} was written by {len(saved['rng'])} processes, now {dist.world_size()}: "
                           f"random streams are reseeded, so the run continues but not bit-identically")
-            st.seed_everything(cfg.seed + 1000 * start_epoch + dist.rank())
+            st.seed_everything((cfg.seed or 0) + 1000 * start_epoch + dist.rank())
         if start_epoch >= cfg.epochs:
             return TrainResult(best_top1, final, history, 0, resumed_from)
     else:
-        st.seed_everything(cfg.seed + dist.rank())
+        st.seed_everything((cfg.seed or 0) + dist.rank())
     if enforcer is not None:
         enforcer.check_finite()  # the resumed weights too
         enforcer.apply_to_weights()
