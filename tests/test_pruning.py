@@ -80,7 +80,7 @@ N_TINY = 54 + 351 + 91
 
 # --------------------------------------------------------------------------- exact GP
 @pytest.mark.parametrize("make", [tie_net, random_net])
-@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.5, 0.9, 0.99, 1 - 0.4 / N_TINY])
+@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.5, 0.9, 0.99, 1 - 0.6 / N_TINY])
 def test_gp_matches_bruteforce(make, sparsity):
     net = make()
     k = int(math.floor(sparsity * N_TINY + 0.5))
@@ -89,10 +89,11 @@ def test_gp_matches_bruteforce(make, sparsity):
     assert mask_sparsity(masks).pruned == k
 
 
-def test_gp_prunes_everything_near_one():
+def test_gp_refuses_a_sparsity_that_rounds_to_everything():
     net = random_net()
-    masks = global_magnitude_masks(net, 1 - 0.4 / N_TINY)  # rounds to k = N
-    assert mask_sparsity(masks).pruned == N_TINY
+    assert mask_sparsity(global_magnitude_masks(net, 1 - 0.6 / N_TINY)).pruned == N_TINY - 1  # keeps one
+    with pytest.raises(ValueError, match="rounds to pruning all 496"):
+        global_magnitude_masks(net, 1 - 0.4 / N_TINY)  # rounds to k = N, as 1.0 would
 
 
 def test_half_rounds_up():
@@ -178,14 +179,14 @@ def test_wide_keys_distinguish_close_doubles():
     np.testing.assert_array_equal(masks["fc2.weight"].flatten().numpy(), np.arange(91) >= 45)
 
 
-def test_nan_weights_are_pruned_last():
+def test_nan_and_inf_weights_are_refused_naming_them():
+    """A NaN ranks above every magnitude, so GP would keep it (issue 7, bug 13): refuse instead."""
     net = random_net(8)
     with torch.no_grad():
         net.fc1.weight[0, 0] = float("nan")
         net.conv.weight[0, 0, 0, 0] = float("inf")
-    masks = global_magnitude_masks(net, 0.99)
-    assert bool(masks["fc1.weight"][0, 0]) and bool(masks["conv.weight"][0, 0, 0, 0])
-    assert_same_masks(masks, reference_gp_masks(net, prune_count(0.99, N_TINY)))
+    with pytest.raises(ValueError, match=r"conv.weight, fc1.weight contain NaN or Inf"):
+        global_magnitude_masks(net, 0.99)
 
 
 def test_include_exclude_and_mask_properties():
