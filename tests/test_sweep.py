@@ -108,7 +108,7 @@ def test_masks_equal_global_magnitude_masks():
     ordering = MagnitudeOrdering.from_model(model)
     below = sum(int((w.detach().abs() < 0.05).sum()) for w in prunable(model))
     cuts = [(below + extra) / ordering.num_weights for extra in (1, 2, 3)]   # inside the tie group at 0.05
-    for p in [0.0, 0.13, 0.5, 0.9, 0.999] + cuts:   # global_magnitude_masks takes sparsity in [0, 1)
+    for p in [0.0, 0.13, 0.5, 0.9, 0.998] + cuts:   # GP refuses a p that rounds to all 294 weights
         ref = global_magnitude_masks(model, p)
         ours = ordering.masks(p)
         assert set(ref) == set(ours)
