@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import shutil
 
 import torch
 from torch import nn
@@ -134,6 +135,7 @@ def _hessian_batches(ctx: Context, model: nn.Module, criterion, data: Data, load
 
 def spectrum_stage(ctx: Context, model: nn.Module, data: Data, get_op) -> dict:
     from prunelimit.spectrum import hessian_trace, memory_message, slq_spectrum, spectral_density, top_eigenvalues
+    from prunelimit.spectrum.checkpoint import LanczosCheckpoint
     from prunelimit.spectrum.plots import plot_density
 
     cfg, out = ctx.cfg, ctx.run.sub("limit")
@@ -148,9 +150,15 @@ def spectrum_stage(ctx: Context, model: nn.Module, data: Data, get_op) -> dict:
         say(f"spectrum: lanczos_iter {s.lanczos_iter} exceeds the Hessian dimension {op.dim}; using {steps}")
     say(f"spectrum: Hessian over {op.dim:,} parameters; {memory_message(op.dim, steps, op.dtype, probes=1)}")
     seed = cfg.seed_for(s.seed)
-    nodes, weights = slq_spectrum(op, steps, s.lanczos_num, seed=seed, show_progress=cfg.show_progress)
+    state_dir = out / "lanczos_state"   # resumable Lanczos (bug 17): removed once spectrum.json is written
+    ckpt = LanczosCheckpoint(state_dir, s.checkpoint_every, restart_on_mismatch=True) if s.checkpoint_every else None
+    if ckpt is not None and state_dir.exists():
+        say(f"spectrum: resuming the Lanczos state saved in {state_dir} (a different run's state is discarded)")
+    nodes, weights = slq_spectrum(op, steps, s.lanczos_num, seed=seed, show_progress=cfg.show_progress,
+                                  checkpoint=ckpt.child("slq") if ckpt else None)
     k = min(s.top_k, op.dim)
-    top = top_eigenvalues(op, k, seed=seed)[0] if k > 0 else torch.empty(0)
+    top = (top_eigenvalues(op, k, seed=seed, checkpoint=ckpt.child("top") if ckpt else None)[0]
+           if k > 0 else torch.empty(0))
     trace, trace_err = hessian_trace(op, s.trace_samples, seed=seed) if s.trace_samples > 0 else (None, None)
     grid, density = spectral_density(nodes, weights, sigma=s.density_sigma, num_points=s.density_points)
     result = {"dim": op.dim, "lanczos_iter": steps, "lanczos_num": s.lanczos_num,
@@ -162,6 +170,8 @@ def spectrum_stage(ctx: Context, model: nn.Module, data: Data, get_op) -> dict:
         write_csv(out / "density.csv", ["eigenvalue", "density"], zip(grid.tolist(), density.tolist()))
         plot_density(out / "spectral_density.png", grid, density, nodes, weights)
     ctx.run.mark_done("spectrum", {"dim": op.dim, "top_eigenvalue": result["top_eigenvalues"][:1]}, fingerprint(cfg, "spectrum"))
+    if dist.is_main() and state_dir.exists():
+        shutil.rmtree(state_dir)
     parts = []
     if result["top_eigenvalues"]:
         parts.append("top eigenvalues " + ", ".join(f"{x:.4g}" for x in result["top_eigenvalues"]))

@@ -27,6 +27,8 @@ class SpectrumConfig:
                                      # largest that fits the budget (epsilon keeps the training batches)
     lean_graphs: bool = True         # lean second-order graphs (false: PyTorch's plain double backward)
     seed: int | None = None          # seed of the Rademacher probes and restart vectors; None: the run's seed
+    checkpoint_every: int = 8        # save the Lanczos state every this many steps (0 = never); a killed
+                                     # spectrum stage resumes from it with identical Ritz values
 
     def __post_init__(self):
         def positive_int(key: str, minimum: int = 1):
@@ -40,6 +42,7 @@ class SpectrumConfig:
         positive_int("density_points", 2)
         if self.seed is not None:
             positive_int("seed", 0)
+        positive_int("checkpoint_every", 0)
         if self.density_sigma is not None and not (isinstance(self.density_sigma, (int, float))
                                                    and self.density_sigma > 0):
             raise PrunelimitError(f"spectrum.density_sigma={self.density_sigma!r} must be a positive number "

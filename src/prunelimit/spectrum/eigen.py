@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import torch
 
+from prunelimit.spectrum.checkpoint import LanczosCheckpoint
 from prunelimit.spectrum.lanczos import _LanczosRun, _op_device, _op_dtype, rademacher, tridiagonal_eigh
 from prunelimit.spectrum.operator import apply_operator
 from prunelimit.errors import PrunelimitError
 
 
-def top_eigenvalues(op, k: int, *, max_iter: int = 100, tol: float = 1e-4, seed: int = 0
+def top_eigenvalues(op, k: int, *, max_iter: int = 100, tol: float = 1e-4, seed: int = 0,
+                    checkpoint: LanczosCheckpoint | str | os.PathLike | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` largest ALGEBRAIC eigenvalues of H (descending) and their eigenvectors.
 
@@ -22,7 +25,8 @@ def top_eigenvalues(op, k: int, *, max_iter: int = 100, tol: float = 1e-4, seed:
     the top end of the Lanczos spectrum converges to the largest algebraic eigenvalues. A repeated
     eigenvalue is found once per Krylov block (more copies only after a breakdown restart).
     Returns (eigenvalues (k,) float64 CPU, eigenvectors (k, dim) unit rows in the operator's dtype);
-    warns when ``max_iter`` steps did not reach ``tol``.
+    warns when ``max_iter`` steps did not reach ``tol``. ``checkpoint``: a resumable
+    run, as in ``slq_spectrum``.
     """
     dim = op.dim
     if not isinstance(k, int) or not 1 <= k <= dim:
@@ -33,8 +37,8 @@ def top_eigenvalues(op, k: int, *, max_iter: int = 100, tol: float = 1e-4, seed:
         raise PrunelimitError(f"tol={tol!r} must be positive")
     capacity = min(max_iter, dim)
     start = rademacher(1, dim, seed, _op_dtype(op), _op_device(op))
-    run = _LanczosRun(op, start, capacity, seed=seed)
-    run.advance(min(capacity, max(k + 1, 2 * k)))
+    run = _LanczosRun(op, start, capacity, seed=seed, checkpoint=LanczosCheckpoint.of(checkpoint))
+    run.advance_to(min(capacity, max(k + 1, 2 * k)))   # a resumed run may be past this already
     while True:
         m = run.lengths[0]
         evals, evecs = tridiagonal_eigh(*run.tridiagonal(0))

@@ -14,6 +14,7 @@ component in them). ``steps <= dim`` always, so a fresh direction exists until t
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -22,6 +23,7 @@ from tqdm import tqdm
 
 from prunelimit import dist
 from prunelimit.errors import PrunelimitError
+from prunelimit.spectrum.checkpoint import LanczosCheckpoint
 from prunelimit.spectrum.memory import format_bytes
 from prunelimit.spectrum.operator import apply_operator
 from prunelimit.spectrum.reductions import dot64, norm64, project64
@@ -86,8 +88,10 @@ class _LanczosRun:
     """
 
     def __init__(self, op, start: torch.Tensor, capacity: int, *, reorthogonalize: bool = True,
-                 seed: int = 0, show_progress: bool = False, desc: str = "Lanczos"):
+                 seed: int = 0, show_progress: bool = False, desc: str = "Lanczos",
+                 checkpoint: LanczosCheckpoint | None = None):
         self.op, self.reorth, self.show_progress, self.desc = op, reorthogonalize, show_progress, desc
+        self.seed, self.checkpoint = int(seed), checkpoint
         dtype, device = _op_dtype(op), _op_device(op)
         P, dim = start.shape
         self.P, self.dim, self.capacity = P, dim, capacity
@@ -113,6 +117,8 @@ class _LanczosRun:
         for p in range(P):
             q[p].mul_(1.0 / float(norms[p]))
         self.j = 0
+        if checkpoint is not None and checkpoint.restore(self):
+            log.info(f"{desc}: resumed at step {self.j} of {capacity} from {checkpoint.dir}")
 
     def _orthogonalize(self, w: torch.Tensor, upto: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Remove in place the components of each row of w (P, dim) along its probe's first ``upto``
@@ -196,6 +202,7 @@ class _LanczosRun:
             self.j = j + 1
             if last:
                 self._account(started, hvp_done)
+                self._maybe_save()
                 break
             broke = b <= 100 * eps * self.scale
             for p in range(self.P):
@@ -212,6 +219,15 @@ class _LanczosRun:
                     self.restarts[p].append(j + 1)
             self.beta[:, j] = b
             self._account(started, hvp_done)
+            self._maybe_save()
+
+    def _maybe_save(self) -> None:
+        if self.checkpoint is not None and self.checkpoint.due(self):
+            self.checkpoint.save(self)
+
+    def advance_to(self, steps: int) -> None:
+        """Advance until ``steps`` steps are done (no-op if a restored run is already past them)."""
+        self.advance(max(0, steps - self.j))
 
     def _account(self, started: float, hvp_done: float) -> None:
         # wall time of the HVPs and of everything else in the steps (the "Lanczos overhead"); on CUDA
@@ -259,7 +275,8 @@ def lanczos_tridiagonal(op, steps: int, *, v0: torch.Tensor | None = None, seed:
 
 
 def slq_spectrum(op, steps: int, probes: int, *, seed: int = 0, show_progress: bool = False,
-                 start: torch.Tensor | None = None, probe_batch: int | None = None
+                 start: torch.Tensor | None = None, probe_batch: int | None = None,
+                 checkpoint: LanczosCheckpoint | str | os.PathLike | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stochastic Lanczos quadrature: the spectral measure of H as nodes and weights.
 
@@ -267,7 +284,11 @@ def slq_spectrum(op, steps: int, probes: int, *, seed: int = 0, show_progress: b
     ``steps`` Lanczos steps, diagonalise T with ``torch.linalg.eigh``; nodes = Ritz values, weights =
     squared first components of T's eigenvectors (Gauss quadrature for v^T f(H) v). Returns
     (nodes (probes·steps,), weights (probes·steps,)) float64 on CPU with weights.sum() == 1, so
-    Σ weights·f(nodes) ≈ tr f(H) / dim. ``probe_batch`` probes run together (default: all)."""
+    Σ weights·f(nodes) ≈ tr f(H) / dim. ``probe_batch`` probes run together (default: all).
+
+    ``checkpoint`` (a ``LanczosCheckpoint`` or a directory): save the Lanczos state every few steps
+    (checkpoint.py) and resume from it, so a killed run continues with identical Ritz values; one
+    subdirectory per group of probes. The caller removes it (``clear()``) once the result is stored."""
     _check_steps(steps, op.dim)
     if not isinstance(probes, int) or probes < 1:
         raise PrunelimitError(f"lanczos_num={probes!r} (number of SLQ probes) must be a positive integer")
@@ -276,13 +297,15 @@ def slq_spectrum(op, steps: int, probes: int, *, seed: int = 0, show_progress: b
     elif start.shape != (probes, op.dim):
         raise PrunelimitError(f"start must have shape (probes, dim) = ({probes}, {op.dim}); got {tuple(start.shape)}")
     chunk = probes if probe_batch is None else max(1, int(probe_batch))
+    checkpoint = LanczosCheckpoint.of(checkpoint)
     log.info(memory_message(op.dim, steps, _op_dtype(op), chunk))
     nodes, weights = [], []
     for first in range(0, probes, chunk):
         block = start[first:first + chunk]
+        ckpt = checkpoint.child(f"probes_{first}") if checkpoint is not None else None
         run = _LanczosRun(op, block, steps, seed=seed + first, show_progress=show_progress,
-                          desc=f"SLQ probes {first + 1}-{first + block.shape[0]}/{probes}")
-        run.advance(steps)
+                          desc=f"SLQ probes {first + 1}-{first + block.shape[0]}/{probes}", checkpoint=ckpt)
+        run.advance_to(steps)
         for p in range(block.shape[0]):
             evals, evecs = tridiagonal_eigh(*run.tridiagonal(p))
             nodes.append(evals)
