@@ -45,3 +45,29 @@ def test_data_loss_hessian_has_no_l1_term_and_regularized_adds_it(tmp_path):
     eps_d, _ = loss_epsilon(model, loader, loss_fn, ddof=0)
     eps_r, _ = loss_epsilon(model, loader_r, loss_fn_r, ddof=0)
     assert eps_d == pytest.approx(eps_r, rel=1e-4)
+
+
+def test_old_sweep_table_in_a_finished_run_is_evaluated_again(tmp_path, capsys):
+    import csv
+
+    from prunelimit.cli.main import main
+    from prunelimit.limit.sweep import LOSS_COLUMNS
+
+    out = tmp_path / "run"
+    args = ["run", "pipeline=limit", "train.epochs=5", "limit.sweep_points=20", "spectrum.lanczos_iter=8",
+            "spectrum.trace_samples=1", "spectrum.top_k=1", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    path = out / "limit" / "sweep.csv"
+    with open(path, newline="") as f:
+        table = list(csv.DictReader(f))
+    with open(path, "w", newline="") as f:   # as an older prunelimit wrote it
+        keep = [c for c in table[0] if c not in LOSS_COLUMNS]
+        w = csv.DictWriter(f, keep, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(table)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "was written before the data-loss columns existed; evaluating it again" in capsys.readouterr().out
+    with open(path, newline="") as f:
+        again = list(csv.DictReader(f))
+    assert [r["train_data_loss"] for r in again] == [r["train_data_loss"] for r in table]

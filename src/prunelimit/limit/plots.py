@@ -135,7 +135,8 @@ def plot_sweep(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], predi
 
 
 def plot_width(path: str | os.PathLike, prediction: Prediction,
-               source: MagnitudeOrdering | Sequence[Mapping[str, Any]] | None = None) -> Path | None:
+               source: MagnitudeOrdering | Sequence[Mapping[str, Any]] | None = None, *,
+               conventions: str | None = None) -> Path | None:
     """g(R(p)) and p against R: the predicted limit is where the two curves cross.
 
     ``source`` gives the real p(R): a ``MagnitudeOrdering`` (R on a fine grid) or sweep rows (their R
@@ -162,7 +163,8 @@ def plot_width(path: str | os.PathLike, prediction: Prediction,
     ax.set_xlabel("R = ||w* - w_p||_2 (norm of the removed weights)")
     ax.set_ylabel("prune_fraction p  /  normalised width g(R)")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"eps={prediction.eps:.3g}, q={prediction.flat_fraction:.3g}", fontsize=9)
+    ax.set_title(f"eps={prediction.eps:.3g}, q={prediction.flat_fraction:.3g}"
+                 + (f"\n{conventions}" if conventions else ""), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)

@@ -270,7 +270,7 @@ def limit_stage(ctx: Context, model: nn.Module, data: Data, ordering, rows: list
     if dist.is_main():
         write_result_files(out, result)
         plot_sweep(out / "sweep.png", rows, prediction, actual, conventions=conventions_line(result))
-        plot_width(out / "gaussian_width.png", prediction, ordering)
+        plot_width(out / "gaussian_width.png", prediction, ordering, conventions=conventions_line(result))
     ctx.run.mark_done("limit", {"predicted": prediction.limit}, fingerprint(cfg, "limit"))
     return result
 

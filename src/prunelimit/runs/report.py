@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prunelimit import dist
+from prunelimit.limit.rules import DEFAULT_READING
 from prunelimit.runs.io import atomic_write_text, read_json, write_json
 from prunelimit.errors import PrunelimitError
 
@@ -27,7 +28,9 @@ def _limit_lines(lim: dict) -> list[str]:
     pred, loss, delta = lim["predicted"], lim.get("loss", "data"), lim.get("delta")
     actual = lim.get("actual", {})
     table = [("predicted (Gaussian width fixed point)", pred)]
-    table += [(f"actual: {rule_title(rule, v.get('reading'), delta=delta, loss=loss)}", v) for rule, v in actual.items()]
+    # summaries written before readings existed: each rule was read its default way
+    table += [(f"actual: {rule_title(rule, v.get('reading') or DEFAULT_READING.get(rule), delta=delta, loss=loss)}", v)
+              for rule, v in actual.items()]
     width = max(len(label) for label, _ in table)
     lines = ["", f"{'How sparse can it be pruned?':<{width + 2}}  prune fraction  keep fraction"]
     for label, v in table:
