@@ -159,3 +159,23 @@ def test_coverage_warns_about_large_skipped_matrices():
     text = cov.format()
     assert "warning: wte.weight [11, 6] (66 weights, 64.7 % of all) is not pruned" in text
     assert pl.coverage is not None and pl.coverage(net).fraction == cov.fraction
+
+
+def test_ddp_wrapped_model_uses_plain_names(tmp_path):
+    import torch.distributed as tdist
+    if tdist.is_initialized():
+        pytest.skip("a process group is already active in this process")
+    tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(5)
+        net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+        ddp = nn.parallel.DistributedDataParallel(net)
+        masks = pl.global_magnitude_masks(ddp, 0.5)
+        assert list(masks) == ["0.weight", "2.weight"]
+        pl.apply_masks(ddp, {f"module.{k}": v for k, v in masks.items()})
+        assert pl.pruning.count_nonzero_pruned(net, masks) == 0
+        from prunelimit.spectrum import hessian_parameters
+        assert [n for n, _ in hessian_parameters(ddp)] == \
+            ["0.weight", "0.bias", "2.weight", "2.bias"]
+    finally:
+        tdist.destroy_process_group()
