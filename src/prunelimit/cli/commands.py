@@ -227,6 +227,8 @@ def cmd_ls(args, argv) -> int:
             info = model_info(name)
             alias = f" (aliases: {', '.join(info.aliases)})" if info.aliases else ""
             print(f"  {name:<22} {info.description}{alias}")
+        print("  and any importable model: torchvision:NAME, timm:NAME, mypkg.module:factory "
+              "(--model-arg KEY=VALUE for its arguments)")
     if what in (None, "datasets"):
         print("datasets:")
         for name in list_datasets():
