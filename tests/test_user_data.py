@@ -133,3 +133,18 @@ def test_user_npz_runs_through_prunelimit_run_with_one_config_line(tmp_path, cap
     assert result["loss"] == "data" and 0.5 < result["predicted"]["prune_fraction"] < 1.0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dataset"] == "arrays" and summary["dense"]["test_top1"] > 80
+
+
+def test_imagefolder_runs_through_prunelimit_run(tmp_path, capsys):
+    classes = ["a", "b"]
+    write_images(tmp_path / "imgs", "train", classes, 12, size=(9, 7))
+    write_images(tmp_path / "imgs", "test", classes, 4, size=(9, 7), seed=1)
+    out = tmp_path / "run"
+    args = ["run", "pipeline=limit", "data.dataset=imagefolder", f"data.data_path={tmp_path / 'imgs'}",
+            "data.image_size=[6,6]", "train.epochs=3", "train.batch_size=8", "limit.sweep_points=10",
+            "spectrum.lanczos_iter=6", "spectrum.trace_samples=1", "spectrum.top_k=1", "--out", out, "--no-progress"]
+    assert main([str(a) for a in args]) == 0, capsys.readouterr().err
+    assert "fc_small on imagefolder" in capsys.readouterr().out
+    result = json.loads((out / "limit" / "result.json").read_text())
+    assert result["num_weights"] == 3 * 6 * 6 * 300 + 300 * 100 + 100 * 2      # input (3, 6, 6), 2 classes
+    assert main(["report", str(out)]) == 0 and "loss convention: data loss" in capsys.readouterr().out
