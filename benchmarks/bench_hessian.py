@@ -1,89 +1,93 @@
-"""SLQ spectrum: prunelimit's HessianOperator + slq_spectrum versus PyHessian's ``hessian.density``.
+"""SLQ spectrum: prunelimit against PyHessian, curvlinops and hessian-eigenthings, in one process.
 
-    pip install pyhessian==0.1 --no-deps      # benchmark only, not a project dependency
-    python benchmarks/bench_hessian.py [--device cpu|cuda] [--threads 1] [--repeats 3] [--plain]
+    pip install pyhessian curvlinops-for-pytorch hessian-eigenthings   # benchmark only
+    python benchmarks/bench_hessian.py [--threads 1] [--repeats 3] [--cases digits1,digits,cnn,r18,r18budget]
 
-Three cases, same model, data, start vector and number of Lanczos steps on both sides:
-  digits/1 batch   FC 64→300→100→10 (50 610 parameters) briefly trained on sklearn's digits, the whole
-                   training set as ONE batch: PyHessian's ``data=`` path, which already reuses its
-                   gradient graph, so only the Lanczos bookkeeping differs.
-  digits/loader    the same in batches of 128: PyHessian's ``dataloader=`` path rebuilds forward +
-                   backward on every batch for every HVP; ours caches the graphs once.
-  cnn/loader       a small CNN on random CIFAR-shaped data in batches of 64 (dataloader path).
-PyHessian's start vector is ``randint_like`` per parameter from the global RNG; we draw the same one
-after the same ``torch.manual_seed`` and pass it as ``start=``, so both run Lanczos on the same Krylov
-space and their top Ritz values agree to float32 round-off. PyHessian 0.1 calls ``torch.eig``,
-removed from PyTorch; we patch in a stand-in built on ``torch.linalg.eigh`` (T is symmetric).
-Each side runs ``--repeats`` times, alternating, after one warm-up; the median time is reported.
-Fairness: both sides run in this one process with the same ``torch.set_num_threads(--threads)``
-(default 1), the same model, batches, start vector and step count. ``--plain`` also times our
-operator on PyTorch's own double-backward graphs (``HessianOperator.lean_graphs = False``).
+Cases (the model is put in eval mode; every tool differentiates ALL trainable parameters, so all take
+the same Hessian):
+  digits1    FC 64-300-100-10 (50.6 k parameters) briefly trained on sklearn's digits, the whole
+             training set (1437) as ONE batch, 128 Lanczos steps
+  digits     the same in 12 batches of 128 (the last one 29), 128 steps
+  cnn        a small CNN (137 k parameters), 4 batches of 64 random CIFAR-shaped images, 32 steps
+  r18        torchvision ResNet-18 (random weights, 100 classes, 11.2 M parameters), 64 random
+             CIFAR-size images in 2 batches, 8 steps
+  r18budget  the same model, 128 images in 8 batches of 16, 8 steps, with our memory budget forced to
+             3.5 batches' graphs: we cache 2 batches and recompute 6 per HVP (the peers recompute all 8)
+Tools: prunelimit (HessianOperator + slq_spectrum: cached lean graphs, full re-orthogonalisation);
+PyHessian 0.1 ``hessian.density`` (its removed ``torch.eig`` patched with ``torch.linalg.eigh``);
+curvlinops ``HessianLinearOperator`` + ``fast_lanczos`` (Papyan's SLQ: no re-orthogonalisation, its
+own random start); hessian-eigenthings ``HessianOperator`` + ``lanczos_tridiagonal`` (re-orthogonalised).
+A tool that cannot be imported is reported as such, never estimated. PyHessian, hessian-eigenthings
+and prunelimit start from the same vector (PyHessian's, drawn after ``torch.manual_seed``).
 
-Reading the numbers on CPU: the HVP's large temporaries come from glibc malloc, which returns freed
-heap tops to the OS and page-faults them back in on the next HVP; how often depends on the process'
-allocation history, so the same run can differ by 20-40 %. The "page faults" column (minor faults
-per run, median) shows when that happened. With the data as one batch (digits/1 batch) both sides
-run the SAME double backward on the same cached graph, so only the Lanczos bookkeeping differs.
+Timing: each round runs every tool once in a rotated order (no tool always follows the same one),
+after a warm-up round; the median over ``--repeats`` rounds is reported, with each peer's time as a
+multiple of ours (>1: we are faster). Accuracy: each tool's top Ritz value against a float64
+reference (the same Hessian in float64, top eigenvalue by Lanczos converged to 1e-10; not run for the
+ResNet cases, where a float64 copy is too slow on this machine: there the tools are compared with each
+other). Also printed for prunelimit: one HVP as a multiple of one plain gradient (forward + backward
+over the same batches), and the split of a Lanczos step into HVP and bookkeeping, and the peak RSS.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import resource
 import statistics
 import time
 import warnings
 
-try:
-    import resource
-except ImportError:  # not on Windows
-    resource = None
-
 import torch
 from torch import nn
 
-from prunelimit.spectrum import HessianOperator, memory_message, slq_spectrum, top_eigenvalues
+from prunelimit.spectrum import HessianOperator, slq_spectrum, top_eigenvalues
+from prunelimit.spectrum.lanczos import _LanczosRun, tridiagonal_eigh
 
 
-def _eig_standin(T: torch.Tensor, eigenvectors: bool = False):
-    """``torch.eig``'s old return layout: (n, 2) real/imaginary eigenvalues, eigenvectors as columns."""
-    evals, evecs = torch.linalg.eigh(T)
-    return torch.stack([evals, torch.zeros_like(evals)], dim=1), evecs
-
-
-def digits_case(device: torch.device, seed: int, batch_size: int | None = None):
+# ----------------------------------------------------------------------------- cases
+def digits_case(seed: int, batch_size: int | None):
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     X, y = load_digits(return_X_y=True)
     X_train, _, y_train, _ = train_test_split(X / 16.0, y, test_size=0.2, random_state=seed, stratify=y)
-    x = torch.tensor(X_train, dtype=torch.float32, device=device)
-    t = torch.tensor(y_train, dtype=torch.long, device=device)
+    x, t = torch.tensor(X_train, dtype=torch.float32), torch.tensor(y_train, dtype=torch.long)
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(64, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10)).to(device)
+    model = nn.Sequential(nn.Linear(64, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     for _ in range(150):  # a short full-batch fit, so the Hessian is that of a trained net
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), t).backward()
         opt.step()
-    if batch_size is None:
-        return model, [(x, t)], "single"
-    return model, list(zip(x.split(batch_size), t.split(batch_size))), "loader"
+    batches = [(x, t)] if batch_size is None else list(zip(x.split(batch_size), t.split(batch_size)))
+    return model, batches
 
 
-def cnn_case(device: torch.device, seed: int, num_batches: int = 4, batch_size: int = 64):
+def cnn_case(seed: int, num_batches: int = 4, batch_size: int = 64):
     torch.manual_seed(seed)
     model = nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 8 * 8, 10)).to(device)
-    gen = torch.Generator().manual_seed(seed)
-    batches = [(torch.randn(batch_size, 3, 32, 32, generator=gen).to(device),
-                torch.randint(0, 10, (batch_size,), generator=gen).to(device)) for _ in range(num_batches)]
-    return model, batches, "loader"
+        nn.Flatten(), nn.Linear(32 * 8 * 8, 10))
+    return model, _random_images(seed, num_batches, batch_size, 10)
+
+
+def resnet18_case(seed: int, num_batches: int, batch_size: int = 32):
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18(num_classes=100)
+    return model, _random_images(seed, num_batches, batch_size, 100)
+
+
+def _random_images(seed, num_batches, batch_size, classes):
+    gen = torch.Generator().manual_seed(seed + 1)
+    return [(torch.randn(batch_size, 3, 32, 32, generator=gen), torch.randint(0, classes, (batch_size,), generator=gen))
+            for _ in range(num_batches)]
 
 
 def pyhessian_start(model: nn.Module, seed: int) -> torch.Tensor:
-    """The exact start vector PyHessian's density() draws after torch.manual_seed(seed)."""
+    """The start vector PyHessian's density() draws after torch.manual_seed(seed)."""
     torch.manual_seed(seed)
     parts = []
     for p in (p for p in model.parameters() if p.requires_grad):
@@ -93,126 +97,188 @@ def pyhessian_start(model: nn.Module, seed: int) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def _sync(device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class PlainGraphOperator(HessianOperator):
-    lean_graphs = False  # PyTorch's own double-backward formulas (see spectrum/operator.py)
-
-
-def _minor_faults() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else 0
-
-
-def _with_faults(fn, *args):
-    """fn's result (its own time first) with the minor page faults it caused inserted second."""
-    faults = _minor_faults()
-    out = fn(*args)
-    return (out[0], _minor_faults() - faults, *out[1:])
-
-
-def run_ours(model, batches, steps, start, device, cache, plain=False):
-    _sync(device)
+# ----------------------------------------------------------------------------- tools
+def run_prunelimit(model, batches, steps, start, seed, budget):
     t0 = time.perf_counter()
-    op = (PlainGraphOperator if plain else HessianOperator)(model, nn.functional.cross_entropy, batches,
-                                                            cache_graph=cache)
-    nodes, weights = slq_spectrum(op, steps, 1, start=start.unsqueeze(0))
-    _sync(device)
-    return time.perf_counter() - t0, nodes, op
+    op = HessianOperator(model, nn.functional.cross_entropy, batches, params=list(model.named_parameters()),
+                         memory_budget=budget)
+    nodes, _ = slq_spectrum(op, steps, 1, start=start.unsqueeze(0))
+    return time.perf_counter() - t0, nodes, op.cache_report
 
 
-def run_pyhessian(model, batches, mode, steps, seed, device):
+def run_pyhessian(model, batches, steps, start, seed, budget):
     from pyhessian import hessian
 
-    torch.eig = _eig_standin  # PyHessian 0.1 calls the removed torch.eig
-    _sync(device)
+    torch.eig = lambda T, eigenvectors=False: (  # PyHessian 0.1 calls the removed torch.eig
+        torch.stack([torch.linalg.eigh(T)[0], torch.zeros(T.shape[0])], 1), torch.linalg.eigh(T)[1])
     t0 = time.perf_counter()
-    if mode == "single":
-        h = hessian(model, nn.functional.cross_entropy, data=batches[0], cuda=device.type == "cuda")
+    if len(batches) == 1:
+        h = hessian(model, nn.functional.cross_entropy, data=batches[0], cuda=False)
     else:
-        h = hessian(model, nn.functional.cross_entropy, dataloader=batches, cuda=device.type == "cuda")
-    torch.manual_seed(seed)  # the same RNG state pyhessian_start() used
+        h = hessian(model, nn.functional.cross_entropy, dataloader=batches, cuda=False)
+    torch.manual_seed(seed)  # the RNG state pyhessian_start() used: the same start vector
     eigen_list, _ = h.density(iter=steps, n_v=1)
-    _sync(device)
     elapsed = time.perf_counter() - t0
     model.zero_grad(set_to_none=True)  # PyHessian leaves create_graph gradients in .grad
-    return elapsed, torch.tensor(eigen_list[0], dtype=torch.float64)
+    return elapsed, torch.tensor(eigen_list[0], dtype=torch.float64), ""
 
 
-def bench(name, case, steps, device, seed, repeats, with_uncached, with_plain=False):
-    model, batches, mode = case
-    dim = sum(p.numel() for p in model.parameters())
-    start = pyhessian_start(model, seed)
-    print(f"\n== {name}: {dim:,} parameters, {sum(len(t) for _, t in batches)} samples in "
-          f"{len(batches)} batch(es), {steps} Lanczos steps, device {device}, "
-          f"{torch.get_num_threads()} thread(s) for both sides")
-    print("   " + memory_message(dim, steps, torch.float32))
-    runs = {"ours": [], "pyhessian": [], "uncached": [], "plain": []}  # (seconds, page faults) per run
-    for r in range(repeats + 1):  # round 0 is a warm-up (allocator, kernels, lazy imports)
-        t, faults, ours_nodes, op = _with_faults(run_ours, model, batches, steps, start, device, "auto")
-        t_ph, faults_ph, ph_nodes = _with_faults(run_pyhessian, model, batches, mode, steps, seed, device)
-        if r:
-            runs["ours"].append((t, faults))
-            runs["pyhessian"].append((t_ph, faults_ph))
-            if with_uncached:
-                runs["uncached"].append(_with_faults(run_ours, model, batches, steps, start, device, False)[:2])
-            if with_plain:
-                runs["plain"].append(_with_faults(run_ours, model, batches, steps, start, device, "auto", True)[:2])
-    med = {k: (statistics.median(t for t, _ in v), statistics.median(f for _, f in v)) for k, v in runs.items() if v}
-    ours_t, ph_t = med["ours"][0], med["pyhessian"][0]
-    print(f"   {'':34s}  time (median of {repeats})   per step   page faults")
-    rows = [(f"prunelimit (graph cached={op.cached})", "ours"), ("prunelimit, PyTorch's plain graphs", "plain"),
-            ("prunelimit (graph not cached)", "uncached"), ("PyHessian 0.1 density()", "pyhessian")]
-    for label, key in rows:
-        if key in med:
-            t, f = med[key]
-            vs = f"   ({ph_t / t:.2f}x vs PyHessian)" if key in ("plain", "uncached") else ""
-            print(f"   {label:34s}  {t:8.2f} s   {t / steps * 1e3:10.1f} ms   {f:11,.0f}{vs}")
-    print(f"   speed-up: {ph_t / ours_t:.2f}x")
-    top_ours = ours_nodes.sort(descending=True).values[:5]
-    top_ph = ph_nodes.sort(descending=True).values[:5]
-    ref = float64_reference(model, batches, len(top_ours), seed)
-    print("   top Ritz values   prunelimit        PyHessian         float64 reference   rel. err ours / PyHessian")
-    for a, b, c in zip(top_ours.tolist(), top_ph.tolist(), ref.tolist()):
-        print(f"                     {a:<16.8g}  {b:<16.8g}  {c:<18.10g}  {abs(a - c) / abs(c):.1e} / {abs(b - c) / abs(c):.1e}")
-    return {"case": name, "dim": dim, "ours_s": ours_t, "pyhessian_s": ph_t, "speedup": ph_t / ours_t,
-            "top_ours": top_ours.tolist(), "top_pyhessian": top_ph.tolist(), "top_float64": ref.tolist()}
+def run_curvlinops(model, batches, steps, start, seed, budget):
+    from curvlinops import HessianLinearOperator
+    from curvlinops.papyan2020traces.spectrum import fast_lanczos
+
+    t0 = time.perf_counter()
+    A = HessianLinearOperator(model, nn.CrossEntropyLoss(), [p for p in model.parameters() if p.requires_grad],
+                              batches, check_deterministic=False)
+    torch.manual_seed(seed)
+    evals, _ = fast_lanczos(A, steps)
+    return time.perf_counter() - t0, evals.double(), ""
 
 
-def float64_reference(model, batches, k, seed):
-    """The top-k eigenvalues of the same Hessian in float64, converged to 1e-10 (a float64 copy)."""
+def run_eigenthings(model, batches, steps, start, seed, budget):
+    import hessian_eigenthings as he
+
+    t0 = time.perf_counter()
+    op = he.HessianOperator(model, batches, he.supervised_loss(nn.functional.cross_entropy))
+    tri = he.lanczos_tridiagonal(op, start / start.norm(), steps)
+    evals = tridiagonal_eigh(torch.as_tensor(tri.alphas).double(), torch.as_tensor(tri.betas).double())[0]
+    return time.perf_counter() - t0, evals, ""
+
+
+TOOLS = {"prunelimit": (run_prunelimit, None), "PyHessian": (run_pyhessian, "pyhessian"),
+         "curvlinops": (run_curvlinops, "curvlinops"), "hessian-eigenthings": (run_eigenthings, "hessian_eigenthings")}
+
+
+def available_tools() -> dict:
+    out = {}
+    for name, (fn, module) in TOOLS.items():
+        try:
+            if module:
+                __import__(module)
+            out[name] = fn
+        except Exception as err:  # reported, not hidden
+            print(f"{name}: cannot be imported ({type(err).__name__}: {err}); left out of every case")
+    return out
+
+
+# ----------------------------------------------------------------------------- our own numbers
+def gradient_and_hvp_ms(model, batches, budget, rounds: int = 3) -> tuple[float, float]:
+    """Median ms of one plain gradient (forward + backward over all batches) and of one of our HVPs."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    op = HessianOperator(model, nn.functional.cross_entropy, batches, params=list(model.named_parameters()),
+                         memory_budget=budget)
+    v = torch.randn(1, op.dim)
+    out = torch.empty_like(v)
+    grads, hvps = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for x, y in batches:
+            torch.autograd.grad(nn.functional.cross_entropy(model(x), y), params)
+        grads.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        op.matmat(v, out=out)
+        hvps.append(time.perf_counter() - t0)
+    return statistics.median(grads) * 1e3, statistics.median(hvps) * 1e3
+
+
+def lanczos_split(model, batches, steps, start, budget) -> tuple[float, float]:
+    """(HVP ms, bookkeeping ms) per step of one of our Lanczos runs."""
+    op = HessianOperator(model, nn.functional.cross_entropy, batches, params=list(model.named_parameters()),
+                         memory_budget=budget)
+    run = _LanczosRun(op, start.unsqueeze(0), steps)
+    run.advance(steps)
+    return run.hvp_seconds / steps * 1e3, run.bookkeeping_seconds / steps * 1e3
+
+
+def float64_top(model, batches, seed) -> float:
     model64 = copy.deepcopy(model).double()
-    batches64 = [(x.double(), t) for x, t in batches]
-    op = HessianOperator(model64, nn.functional.cross_entropy, batches64)
-    return top_eigenvalues(op, k, max_iter=min(op.dim, 300), tol=1e-10, seed=seed)[0]
+    op = HessianOperator(model64, nn.functional.cross_entropy, [(x.double(), t) for x, t in batches],
+                         params=list(model64.named_parameters()))
+    return float(top_eigenvalues(op, 1, max_iter=min(op.dim, 300), tol=1e-10, seed=seed)[0][0])
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ----------------------------------------------------------------------------- driver
+def bench(name, model, batches, steps, tools, args, budget=None, reference=True):
+    model.eval()
+    dim = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    start = pyhessian_start(model, args.seed)
+    print(f"\n== {name}: {dim:,} parameters, {sum(len(t) for _, t in batches)} samples in {len(batches)} "
+          f"batch(es), {steps} Lanczos steps, {torch.get_num_threads()} thread(s)")
+    names = list(tools)
+    times = {n: [] for n in names}
+    tops, notes = {}, {}
+    for r in range(args.repeats + 1):                      # round 0: warm-up
+        order = names[r % len(names):] + names[:r % len(names)]
+        for n in order:
+            t, nodes, note = tools[n](model, batches, steps, start, args.seed, budget)
+            tops[n], notes[n] = float(nodes.max()), note
+            if r:
+                times[n].append(t)
+    ref = float64_top(model, batches, args.seed) if reference else None
+    ours = statistics.median(times["prunelimit"])
+    print(f"   {'tool':22s}{'median s':>10s}{'vs prunelimit':>15s}{'top Ritz value':>18s}{'rel. err vs float64' if ref else 'rel. diff vs ours':>22s}")
+    row = {"case": name}
+    for n in names:
+        med = statistics.median(times[n])
+        err = abs(tops[n] - ref) / abs(ref) if ref else abs(tops[n] - tops["prunelimit"]) / abs(tops["prunelimit"])
+        ratio = "1 (ours)" if n == "prunelimit" else f"{med / ours:.2f}x slower" if med >= ours else f"{ours / med:.2f}x FASTER"
+        print(f"   {n:22s}{med:10.2f}{ratio:>15s}{tops[n]:18.8g}{err:22.1e}")
+        row[n] = (med, err)
+    if notes["prunelimit"]:
+        print(f"   prunelimit: {notes['prunelimit']}")
+    grad_ms, hvp_ms = gradient_and_hvp_ms(model, batches, budget)
+    hvp_step, book = lanczos_split(model, batches, min(steps, 16), start, budget)
+    print(f"   prunelimit: one HVP = {hvp_ms:.1f} ms = {hvp_ms / grad_ms:.2f}x one gradient ({grad_ms:.1f} ms); "
+          f"Lanczos step = HVP {hvp_step:.1f} ms + bookkeeping {book:.1f} ms ({(hvp_step + book) / hvp_step:.3f}x the HVP); "
+          f"peak RSS so far {peak_rss_mib():,.0f} MiB")
+    row.update(hvp_over_grad=hvp_ms / grad_ms, step_over_hvp=(hvp_step + book) / hvp_step)
+    return row
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads, both sides (default 1)")
-    parser.add_argument("--steps", type=int, default=128, help="Lanczos steps for the digits cases")
-    parser.add_argument("--cnn-steps", type=int, default=32, help="Lanczos steps for the CNN case")
-    parser.add_argument("--cnn-batches", type=int, default=4, help="batches of 64 images in the CNN case")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side (median reported)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads, all tools (default 1)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (median reported)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--uncached", action="store_true", help="also time our operator without the cache")
-    parser.add_argument("--plain", action="store_true",
-                        help="also time our operator on PyTorch's plain double-backward graphs")
+    parser.add_argument("--cases", default="digits1,digits,cnn,r18,r18budget")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")  # PyHessian's
-    device = torch.device(args.device)
-    cases = [("digits FC, 1 batch", digits_case(device, args.seed), args.steps),
-             ("digits FC, batches of 128", digits_case(device, args.seed, 128), args.steps),
-             ("CNN, random CIFAR-shaped, batches of 64", cnn_case(device, args.seed, args.cnn_batches),
-              args.cnn_steps)]
-    results = [bench(name, case, steps, device, args.seed, args.repeats, args.uncached, args.plain)
-               for name, case, steps in cases]
-    print("\nsummary: " + "; ".join(f"{r['case']}: {r['speedup']:.2f}x" for r in results))
-    return results
+    warnings.filterwarnings("ignore")  # PyHessian's create_graph warning, torch.jit deprecations
+    tools = available_tools()
+    rows = []
+    for case in args.cases.split(","):
+        if case == "digits1":
+            rows.append(bench("digits FC, 1 batch of 1437", *digits_case(args.seed, None), 128, tools, args))
+        elif case == "digits":
+            rows.append(bench("digits FC, 12 batches of 128", *digits_case(args.seed, 128), 128, tools, args))
+        elif case == "cnn":
+            rows.append(bench("small CNN, 4 batches of 64", *cnn_case(args.seed), 32, tools, args))
+        elif case == "r18":
+            rows.append(bench("ResNet-18, 2 batches of 32", *resnet18_case(args.seed, 2), 8, tools, args,
+                              reference=False))
+        elif case == "r18budget":
+            model, batches = resnet18_case(args.seed, 8, batch_size=16)
+            probe = HessianOperator(model.eval(), nn.functional.cross_entropy, batches[:1],
+                                    params=list(model.named_parameters()))
+            budget = int(3.5 * probe.graph_bytes_first)
+            del probe
+            print(f"\n(r18budget: one batch's graph measured at {budget / 3.5 / 2**20:.0f} MiB; budget forced to "
+                  f"{budget / 2**20:.0f} MiB)")
+            rows.append(bench("ResNet-18, 8 batches of 16, budget 3.5 batches", model, batches, 8, tools, args,
+                              budget=budget, reference=False))
+        else:
+            raise SystemExit(f"unknown case {case!r}; choose from digits1,digits,cnn,r18,r18budget")
+    print("\nsummary (peer time / prunelimit time; >1 = prunelimit faster):")
+    for row in rows:
+        peers = ", ".join(f"{n} {row[n][0] / row['prunelimit'][0]:.2f}x" for n in tools if n != "prunelimit")
+        print(f"  {row['case']}: {peers}; HVP = {row['hvp_over_grad']:.2f} gradients; "
+              f"Lanczos step = {row['step_over_hvp']:.3f} HVP")
+    print(f"peak RSS {peak_rss_mib():,.0f} MiB")
+    return rows
 
 
 if __name__ == "__main__":
