@@ -246,6 +246,7 @@ def width_measure(s, spectrum: dict) -> tuple[torch.Tensor, torch.Tensor]:
 def limit_stage(ctx: Context, model: nn.Module, data: Data, ordering, rows: list[dict], spectrum: dict,
                 q: float, loss_fn, loader) -> dict:
     from prunelimit.limit import predict_limit, rule_limits
+    from prunelimit.limit.trace_bound import trace_bound_limit
     from prunelimit.limit.plots import plot_sweep, plot_width
     from prunelimit.limit.results import build_result, conventions_line, write_result_files
     from prunelimit.limit.rules import LOSS_COLUMN
@@ -258,6 +259,11 @@ def limit_stage(ctx: Context, model: nn.Module, data: Data, ordering, rows: list
     eps, eps_source = loss_tolerance(ctx, model, loss_fn, loader)
     nodes, weights = width_measure(cfg.spectrum, spectrum)
     prediction = predict_limit(nodes, weights, eps, ordering, flat_fraction=q, integer_R=lc.integer_R)
+    bound = None
+    if spectrum.get("trace") is not None:   # spectrum-free lower bound from Tr H (limit/trace_bound.py)
+        bound = trace_bound_limit(spectrum["trace"], spectrum["dim"], eps, ordering, integer_R=lc.integer_R)
+        say(f"trace bound (Jensen, derived in this project, not the paper; a lower bound on the predicted "
+            f"limit when H is PSD): " + (f"p >= {bound.limit:.4f}" if bound.limit is not None else bound.reason))
     base = rows[0]
     limits = rule_limits(rows, baseline=base["test_acc"], delta=lc.delta, epsilon=eps, loss=lc.loss)
     result = build_result(prediction, limits, rule=lc.rule, reading=lc.reading, loss=lc.loss, ordering=ordering,
@@ -265,7 +271,9 @@ def limit_stage(ctx: Context, model: nn.Module, data: Data, ordering, rows: list
                           extra={"eps_source": eps_source, "epsilon_ddof": lc.epsilon_ddof,
                                  "baseline_test_acc": base["test_acc"],
                                  "baseline_train_loss": base.get(LOSS_COLUMN[lc.loss]),
-                                 "lanczos_iter": spectrum["lanczos_iter"], "hessian_dim": spectrum["dim"]})
+                                 "lanczos_iter": spectrum["lanczos_iter"], "hessian_dim": spectrum["dim"],
+                                 "trace_bound_limit": None if bound is None else bound.limit,
+                                 "trace_bound_reason": None if bound is None else bound.reason})
     actual = {r: v["prune_fraction"] for r, v in result["actual"].items()}
     if dist.is_main():
         write_result_files(out, result)
