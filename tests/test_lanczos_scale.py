@@ -143,3 +143,21 @@ def test_slq_probes_in_lock_step_equal_probes_run_alone():
     together = slq_spectrum(op, 10, 3, seed=4)
     apart = slq_spectrum(op, 10, 3, seed=4, probe_batch=1)
     assert torch.allclose(together[0], apart[0], atol=1e-5) and torch.allclose(together[1], apart[1], atol=1e-6)
+
+
+def test_slq_without_reorthogonalisation_keeps_the_quadrature_a_probability_measure():
+    lam = torch.linspace(-1.0, 1.0, 200, dtype=torch.float64)
+    lam[-1] = 5.0                                        # a converging outlier: ghosts appear without reorth
+    gen = torch.Generator().manual_seed(0)
+    Q, _ = torch.linalg.qr(torch.randn(200, 200, generator=gen, dtype=torch.float64))
+    op = MatrixOperator(((Q * lam) @ Q.T).float())
+    full = slq_spectrum(op, 60, 2, seed=1)
+    plain = slq_spectrum(op, 60, 2, seed=1, reorthogonalize=False)
+    for nodes, weights in (full, plain):
+        assert abs(float(weights.sum()) - 1.0) < 1e-9
+        assert abs(float(nodes.max()) - 5.0) < 1e-5
+    # the outlier's quadrature mass (the probes' squared components along its eigenvector) is the same
+    # either way: ghost copies split it rather than add to it
+    mass = [float(w[n > 4.9].sum()) for n, w in (full, plain)]
+    assert mass[0] > 1e-4 and abs(mass[0] - mass[1]) < 1e-6 * max(1.0, mass[0]) + 1e-7
+    assert int((full[0] > 4.99).sum()) == 2               # one Ritz value per probe with re-orthogonalisation

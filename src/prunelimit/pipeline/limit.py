@@ -155,7 +155,7 @@ def spectrum_stage(ctx: Context, model: nn.Module, data: Data, get_op) -> dict:
     if ckpt is not None and state_dir.exists():
         say(f"spectrum: resuming the Lanczos state saved in {state_dir} (a different run's state is discarded)")
     nodes, weights = slq_spectrum(op, steps, s.lanczos_num, seed=seed, show_progress=cfg.show_progress,
-                                  checkpoint=ckpt.child("slq") if ckpt else None)
+                                  checkpoint=ckpt.child("slq") if ckpt else None, reorthogonalize=s.reorthogonalize)
     k = min(s.top_k, op.dim)
     top = (top_eigenvalues(op, k, seed=seed, checkpoint=ckpt.child("top") if ckpt else None)[0]
            if k > 0 else torch.empty(0))

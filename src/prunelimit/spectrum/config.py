@@ -27,6 +27,8 @@ class SpectrumConfig:
                                      # largest that fits the budget (epsilon keeps the training batches)
     lean_graphs: bool = True         # lean second-order graphs (false: PyTorch's plain double backward)
     seed: int | None = None          # seed of the Rademacher probes and restart vectors; None: the run's seed
+    reorthogonalize: bool = True     # full re-orthogonalisation in SLQ (false: cheaper at scale, spurious
+                                     # copies of converged Ritz values; docs/HESSIAN.md has the accuracy)
     checkpoint_every: int = 8        # save the Lanczos state every this many steps (0 = never); a killed
                                      # spectrum stage resumes from it with identical Ritz values
 
@@ -67,6 +69,8 @@ class SpectrumConfig:
                 raise PrunelimitError(f"spectrum.{err}") from None
         if self.hessian_batch_size is not None:
             positive_int("hessian_batch_size")
+        if not isinstance(self.reorthogonalize, bool):
+            raise PrunelimitError(f"spectrum.reorthogonalize={self.reorthogonalize!r} must be true or false")
         if not isinstance(self.lean_graphs, bool):
             raise PrunelimitError(f"spectrum.lean_graphs={self.lean_graphs!r} must be true or false")
 

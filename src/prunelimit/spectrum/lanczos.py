@@ -276,8 +276,8 @@ def lanczos_tridiagonal(op, steps: int, *, v0: torch.Tensor | None = None, seed:
 
 def slq_spectrum(op, steps: int, probes: int, *, seed: int = 0, show_progress: bool = False,
                  start: torch.Tensor | None = None, probe_batch: int | None = None,
-                 checkpoint: LanczosCheckpoint | str | os.PathLike | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+                 checkpoint: LanczosCheckpoint | str | os.PathLike | None = None,
+                 reorthogonalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Stochastic Lanczos quadrature: the spectral measure of H as nodes and weights.
 
     For each probe (a normalised Rademacher vector, or the rows of ``start`` (probes, dim)): run
@@ -288,7 +288,9 @@ def slq_spectrum(op, steps: int, probes: int, *, seed: int = 0, show_progress: b
 
     ``checkpoint`` (a ``LanczosCheckpoint`` or a directory): save the Lanczos state every few steps
     (checkpoint.py) and resume from it, so a killed run continues with identical Ritz values; one
-    subdirectory per group of probes. The caller removes it (``clear()``) once the result is stored."""
+    subdirectory per group of probes. The caller removes it (``clear()``) once the result is stored.
+    ``reorthogonalize=False``: the plain three-term recurrence (the basis is still kept, for
+    checkpoints): cheaper steps at scale, at the accuracy benchmarks/bench_reorth.py measures."""
     _check_steps(steps, op.dim)
     if not isinstance(probes, int) or probes < 1:
         raise PrunelimitError(f"lanczos_num={probes!r} (number of SLQ probes) must be a positive integer")
@@ -304,7 +306,8 @@ def slq_spectrum(op, steps: int, probes: int, *, seed: int = 0, show_progress: b
         block = start[first:first + chunk]
         ckpt = checkpoint.child(f"probes_{first}") if checkpoint is not None else None
         run = _LanczosRun(op, block, steps, seed=seed + first, show_progress=show_progress,
-                          desc=f"SLQ probes {first + 1}-{first + block.shape[0]}/{probes}", checkpoint=ckpt)
+                          desc=f"SLQ probes {first + 1}-{first + block.shape[0]}/{probes}", checkpoint=ckpt,
+                          reorthogonalize=reorthogonalize)
         run.advance_to(steps)
         for p in range(block.shape[0]):
             evals, evecs = tridiagonal_eigh(*run.tridiagonal(p))
