@@ -119,3 +119,17 @@ def test_bit_packing_round_trip(n):
     mask = torch.rand(n, generator=torch.Generator().manual_seed(n)) > 0.5
     packed = _pack(mask)
     assert packed.numel() == (n + 7) // 8 and torch.equal(_unpack(packed, n), mask)
+
+
+def test_sparsity_report_counts_weights_used_through_functional_calls():
+    from torchvision.models.swin_transformer import SwinTransformer
+    torch.manual_seed(4)
+    net = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=[4, 4],
+                          num_classes=3)
+    masks = pl.global_magnitude_masks(net, 0.5)
+    rep = pl.sparsity_report(net, masks, torch.randn(1, 3, 32, 32))
+    by = {r.name: r for r in rep.layers}
+    assert all(r.dense_macs is not None for r in rep.layers)
+    # F.linear(x, qkv.weight) inside the shifted-window attention: 8x8 tokens after the 4x4 patches
+    qkv = by["features.1.0.attn.qkv.weight"]
+    assert qkv.dense_macs == 48 * 16 * 64 and qkv.sparse_macs == int(masks["features.1.0.attn.qkv.weight"].sum()) * 64

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from prunelimit.errors import PrunelimitError
 from prunelimit.runs.io import atomic_write_bytes
@@ -97,15 +99,48 @@ def _macs_hooks(model: nn.Module, uses: dict[int, list]):
             return
         out = output[0] if isinstance(output, tuple) else output
         x = args[0] if args else next(iter(kwargs.values()), None)
+        # the example is ONE sample, so every position of a whole tensor belongs to it (a model may fold
+        # windows or heads into the batch axis)
+        w = module.weight
         if isinstance(module, nn.modules.conv._ConvTransposeNd):  # every input position meets every weight
-            add(module.weight, x[0].numel() // x.shape[1] if x.ndim == module.weight.ndim else x[0].numel())
+            add(w, x.numel() // x.shape[1 if x.ndim == w.ndim else 0])
         elif isinstance(module, nn.modules.conv._ConvNd):
-            add(module.weight, out[0].numel() // out.shape[1] if out.ndim == module.weight.ndim else out[0].numel())
+            add(w, out.numel() // out.shape[1 if out.ndim == w.ndim else 0])
         elif isinstance(out, torch.Tensor):  # linear-like: the last axis holds the features
-            add(module.weight, out[0].numel() // out.shape[-1] if out.ndim > 1 else 1)
+            add(w, out.numel() // out.shape[-1])
     return [m.register_forward_hook(hook, with_kwargs=True) for m in model.modules()
             if isinstance(m, nn.MultiheadAttention)
             or (layer_kind(m) is not None and isinstance(getattr(m, "weight", None), torch.Tensor))]
+
+
+class _FunctionalUses(TorchFunctionMode):
+    """Counts weights used through ``F.linear`` / ``F.conv*d`` calls outside their layer's own forward
+    (torchvision's Swin attention calls ``F.linear(x, self.qkv.weight)``): the hooks never see those."""
+
+    def __init__(self, uses: dict[int, list]):
+        super().__init__()
+        self.uses = uses
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        kind = _FUNCTIONAL.get(func)
+        w = (args[1] if len(args) > 1 else kwargs.get("weight")) if kind else None
+        if isinstance(w, torch.Tensor) and isinstance(out, torch.Tensor) and out.ndim:
+            x = args[0]
+            if kind == "linear":
+                n = out.numel() // w.shape[0]
+            elif kind == "conv":
+                n = out.numel() // out.shape[1 if out.ndim == w.ndim else 0]
+            else:  # transposed conv: every input position meets every weight
+                n = x.numel() // x.shape[1 if x.ndim == w.ndim else 0]
+            self.uses.setdefault(id(w), []).append((None, n))
+        return out
+
+
+_FUNCTIONAL = {F.linear: "linear", torch._C._nn.linear: "linear", F.conv1d: "conv", F.conv2d: "conv",
+               F.conv3d: "conv", F.conv_transpose1d: "transpose", F.conv_transpose2d: "transpose",
+               F.conv_transpose3d: "transpose"}
 
 
 @torch.no_grad()
@@ -124,10 +159,14 @@ def sparsity_report(model: nn.Module, masks: Mapping[str, torch.Tensor], example
             raise PrunelimitError("sparsity_report: example_input must hold ONE example (batch dimension 1); "
                                   "MACs are reported per example")
         handles = _macs_hooks(plain, uses)
+        functional: dict[int, list] = {}
         was = plain.training
         plain.eval()
         try:
-            call_model(plain, example_input)
+            with _FunctionalUses(functional):
+                call_model(plain, example_input)
+            for key, found in functional.items():  # only where no layer hook counted the weight
+                uses.setdefault(key, found)
         finally:
             plain.train(was)
             for h in handles:
