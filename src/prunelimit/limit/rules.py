@@ -127,7 +127,7 @@ def _read(rule: str, reading: str, rows: list[Mapping[str, Any]], ok) -> RuleLim
                 break
             limit = p
     if limit is None:
-        where = "at any p > 0 on the grid" if reading == "largest_passing" else f"already at p = {scan[0][0]:g}"
+        where = "at every p > 0 on the grid" if reading == "largest_passing" else f"already at p = {scan[0][0]:g}"
         return RuleLimit(rule, reading, None, f"never holds: the rule fails {where}")
     if limit == ps[-1]:
         return RuleLimit(rule, reading, None, f"not reached on the grid: the rule still holds at its last point "
