@@ -170,7 +170,7 @@ def cmd_finetune(args, argv) -> int:
     from prunelimit.pipeline.prune import MASK_FILE, PRUNED_FILE, finetune_command, locate_pruned_run
 
     flags = {k: v for k, (_, v) in flag_values(args).items() if k != "model.checkpoint"}  # weights: below
-    flags.update({"gp.finetune": True, "gp.sparsity_from": "config"})
+    flags["gp.finetune"] = True
     if args.run_dir:
         if args.out is not None:
             raise ConfigError(f"--out has no effect with RUN_DIR: fine-tuning writes into {args.run_dir!r} "
@@ -183,7 +183,8 @@ def cmd_finetune(args, argv) -> int:
         if not (args.model and args.checkpoint and args.masks):
             raise ConfigError("finetune needs a RUN_DIR made by `prunelimit prune`, or --model, --checkpoint "
                               "(the pruned weights) and --masks")
-        cfg = config_from_overrides(values={**flags, "pipeline": "gp", "name": f"finetune-{args.model}"})
+        cfg = config_from_overrides(values={**flags, "pipeline": "gp", "gp.sparsity_from": "config",
+                                            "name": f"finetune-{args.model}"})
         weights, mask_path, method = Path(args.checkpoint), Path(args.masks), "finetune"
         method_dir = (Path(cfg.out) if cfg.out else Path("runs") / cfg.name) / method
     finetune_command(cfg, ["prunelimit", *argv], method=method, method_dir=method_dir, weights=weights,

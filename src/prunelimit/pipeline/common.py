@@ -5,6 +5,7 @@ into the stages of a run. It takes typed configs, never argv; the CLI builds tho
 """
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from contextlib import contextmanager
@@ -36,6 +37,13 @@ class Context:
     run: RunDir
     device: torch.device
     allow_pickle: bool = False  # this command line's --allow-pickle; never read from or written to a file
+    runner: "StageRunner | None" = None  # skip / resume / refuse for every stage (pipeline/stages.py)
+
+    def __post_init__(self):
+        if self.runner is None:
+            from prunelimit.pipeline.stages import StageRunner
+
+            self.runner = StageRunner(self.cfg, self.run)
     timings: dict = field(default_factory=dict)  # stage name -> wall seconds in this command (summary.json)
 
 
@@ -53,9 +61,15 @@ def default_out(cfg: RunConfig) -> Path:
     return Path(cfg.out) if cfg.out else Path("runs") / (cfg.name or "run")
 
 
-def setup(cfg: RunConfig, argv: list[str] | None = None, *, strict_keys: set[str] | None = None,
-          allow_pickle: bool = False) -> Context:
-    """Initialise torchrun (if launched by it), pick the device, seed, write config + environment."""
+@contextlib.contextmanager
+def open_run(cfg: RunConfig, argv: list[str] | None = None, *, stages=(), strict_keys: set[str] | None = None,
+             allow_pickle: bool = False):
+    """The run directory for one command, as a context: initialise torchrun (if launched by it), pick the
+    device, seed, lock the directory, check every stage in ``stages`` against what the directory already
+    holds, and only then write ``config.yaml`` and ``environment.json``: a refused command writes nothing
+    there. ``allow_pickle`` is this command line's opt-in, kept on the context only."""
+    from prunelimit.pipeline.stages import StageRunner
+
     device_name = cfg.device
     if device_name == "auto" and cfg.gpu is not None and torch.cuda.is_available():
         device_name = f"cuda:{cfg.gpu}"
@@ -64,50 +78,19 @@ def setup(cfg: RunConfig, argv: list[str] | None = None, *, strict_keys: set[str
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     run = RunDir(default_out(cfg))
-    if dist.is_main():
-        make_dirs(run.path)
-    dist.barrier()
-    run.write_config(to_dict(cfg), strict_keys=strict_keys)
-    run.write_environment(argv)
-    return Context(cfg=cfg, run=run, device=device, allow_pickle=allow_pickle)
+    with run.lock():
+        dist.barrier()
+        runner = StageRunner(cfg, run)
+        runner.preflight(list(stages))
+        run.write_config(to_dict(cfg), strict_keys=strict_keys)
+        run.write_environment(argv)
+        yield Context(cfg=cfg, run=run, device=device, allow_pickle=allow_pickle, runner=runner)
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-# ---- stage fingerprints ----------------------------------------------------------------------------
-_DENSE = ("model", "data", "train", "seed")
-_SUBSET = ("prune.include", "prune.exclude")
-STAGE_KEYS = {
-    "dense": _DENSE,
-    "sweep": _DENSE + _SUBSET + ("limit.sweep_points", "limit.adaptive", "limit.coarse_points",
-                                 "limit.sweep_train", "limit.rule", "limit.delta", "limit.reading", "limit.loss",
-                                 "limit.tail_points"),
-    "spectrum": _DENSE + ("spectrum", "limit.loss"),   # the Hessian is of the declared loss
-    "rows": _DENSE + _SUBSET + ("spectrum", "limit.loss"),
-    "limit": _DENSE + _SUBSET + ("spectrum", "limit"),
-    "prune": _DENSE + ("prune", "gp.sparsity_from"),
-    "finetune": _DENSE + ("prune", "gp.sparsity_from", "finetune"),
-}
-
-
-def fingerprint(cfg: RunConfig, stage: str) -> dict:
-    """The config slice a stage's results depend on (see ``RunDir.stage_result``)."""
-    full = to_dict(cfg)
-    out: dict = {}
-    for key in STAGE_KEYS[stage]:
-        section, _, field = key.partition(".")
-        value = full.get(section)
-        if field:
-            value = None if value is None else value.get(field)
-        out[key] = value
-    lc = cfg.limit
-    if stage == "sweep" and lc.adaptive and lc.rule == "loss_increase":  # its search stops where epsilon says
-        out["limit.epsilon"], out["limit.epsilon_ddof"] = lc.epsilon, lc.epsilon_ddof
-    return out
 
 
 # ---- model ---------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ import dataclasses
 
 from torch import nn
 
-from prunelimit.pipeline.common import Context, Data, build_model, fingerprint, eval_loader, load_weights, say, train_loader
+from prunelimit.pipeline.stages import dense_stage
+from prunelimit.pipeline.common import Context, Data, build_model, eval_loader, load_weights, say, train_loader
 from prunelimit.runs.io import atomic_torch_save
 from prunelimit.errors import PrunelimitError
 
@@ -20,7 +21,8 @@ def dense_model(ctx: Context, data: Data | None, *, train_if_needed: bool = True
     command): without a checkpoint the model keeps its random initial weights."""
     cfg, run = ctx.cfg, ctx.run
     model = build_model(cfg, with_data=data is not None)
-    done = run.stage_result("dense", fingerprint(cfg, "dense"))
+    stage = dense_stage(cfg)
+    done = ctx.runner.check(stage)
     if done is not None and done.get("weights"):
         load_weights(model, done["weights"], allow_pickle=ctx.allow_pickle and done["source"] == "checkpoint")
         say(f"dense model: reusing {done['weights']} (finished earlier)")
@@ -41,7 +43,7 @@ def dense_model(ctx: Context, data: Data | None, *, train_if_needed: bool = True
             say(f"dense model: loaded {cfg.model.checkpoint}, test top-1 {m['top1']:.2f} %")
         else:
             say(f"dense model: loaded {cfg.model.checkpoint} (no dataset configured: not evaluated)")
-        run.mark_done("dense", record, fingerprint(cfg, "dense"))
+        ctx.runner.done(stage, record)
         return model, record
 
     if data is None or not train_if_needed:
@@ -53,6 +55,7 @@ def dense_model(ctx: Context, data: Data | None, *, train_if_needed: bool = True
 
     from prunelimit.train import train
 
+    ctx.runner.start(stage)
     out_dir = run.sub("dense")
     t = dataclasses.replace(cfg.train, seed=cfg.seed_for(cfg.train.seed))
     if (out_dir / "checkpoint_last.pth.tar").exists():
@@ -76,7 +79,7 @@ def dense_model(ctx: Context, data: Data | None, *, train_if_needed: bool = True
     record = {"source": "trained", "weights": str(weights) if cfg.stages.save_model else None, "epochs": t.epochs,
               "test_top1": final.get("test_top1", final.get("top1")), "best_top1": result.best_top1,
               "l1_lambda": t.l1_lambda}
-    run.mark_done("dense", record, fingerprint(cfg, "dense"))
+    ctx.runner.done(stage, record)
     acc = record["test_top1"]
     say(f"dense model trained: test top-1 {acc:.2f} %" if acc is not None else "dense model trained")
     return model, record

@@ -13,7 +13,8 @@ from pathlib import Path
 from torch import nn
 
 from prunelimit import dist
-from prunelimit.pipeline.common import Context, Data, eval_loader, evaluator, fingerprint, group_name, say, train_loader
+from prunelimit.pipeline.stages import Stage, finetune_stage, prune_stage
+from prunelimit.pipeline.common import Context, Data, eval_loader, evaluator, group_name, say, train_loader
 from prunelimit.runs.io import atomic_torch_save
 from prunelimit.runs.prune_logs import write_layer_sparsities, write_prune_log
 
@@ -43,8 +44,9 @@ def prune_method(ctx: Context, dense: nn.Module, data: Data | None, method: str,
     cfg, run = ctx.cfg, ctx.run
     out = run.sub(method)
     model = copy.deepcopy(dense)
-    done = run.stage_result(f"{method}_prune", fingerprint(cfg, "prune"))
-    if done is not None and abs(done["sparsity_target"] - sparsity) < 1e-12:
+    stage = prune_stage(cfg, method, sparsity)
+    done = ctx.runner.check(stage)
+    if done is not None:
         masks = {k: v.to(ctx.device) for k, v in load_masks(out / MASK_FILE).items()}
         apply_masks(model, masks)
         say(f"{METHOD_TITLES[method]}: reusing masks in {out} (finished earlier)")
@@ -92,24 +94,26 @@ def prune_method(ctx: Context, dense: nn.Module, data: Data | None, method: str,
         "clamped_layers": plan.clamped_layers if plan is not None else [],
         "floor": plan.floor if plan is not None else None, "dir": str(out),
     }
-    run.mark_done(f"{method}_prune", record, fingerprint(cfg, "prune"))
+    ctx.runner.done(stage, record)
     acc = f", test top-1 {post:.2f} %" if post is not None else " (no dataset configured: evaluation skipped)"
     say(f"{METHOD_TITLES[method]}: pruned {pruned:,} of {n:,} prunable weights "
         f"(sparsity {pruned / n:.4f}, keep fraction {1 - pruned / n:.4f}){acc}")
     return model, masks, record
 
 
-def finetune_method(ctx: Context, model: nn.Module, masks: dict, data: Data, out: Path, stage: str,
+def finetune_method(ctx: Context, model: nn.Module, masks: dict, data: Data, out: Path, stage: Stage,
                     title: str, pre_acc: float | None) -> dict:
-    """Masked fine-tuning into ``out`` (resumes from ``out/checkpoint_last.pth.tar``); stage marker ``stage``."""
+    """Masked fine-tuning into ``out`` (resumes from ``out/checkpoint_last.pth.tar``) as ``stage``
+    (``finetune_stage``: its fingerprint holds the checksums of the masks and weights it starts from)."""
     from prunelimit.pruning import count_nonzero_pruned
     from prunelimit.train import train
 
     cfg, run = ctx.cfg, ctx.run
-    done = run.stage_result(stage, fingerprint(cfg, "finetune"))
+    done = ctx.runner.check(stage)
     if done is not None:
         say(f"{title}: fine-tuning finished earlier (best top-1 {done['best_top1']:.2f} %)")
         return done
+    ctx.runner.start(stage)
     f = dataclasses.replace(cfg.finetune, seed=cfg.seed_for(cfg.finetune.seed))
     if (out / "checkpoint_last.pth.tar").exists():
         say(f"{title}: resuming fine-tuning from {out / 'checkpoint_last.pth.tar'}")
@@ -125,7 +129,7 @@ def finetune_method(ctx: Context, model: nn.Module, masks: dict, data: Data, out
     final = result.final or {}
     record = {"best_top1": result.best_top1, "final_top1": final.get("test_top1", final.get("top1")),
               "epochs": f.epochs, "pruned_weights_nonzero": 0, "dir": str(out)}
-    run.mark_done(stage, record, fingerprint(cfg, "finetune"))
+    ctx.runner.done(stage, record)
     say(f"{title}: fine-tuned, best test top-1 {result.best_top1:.2f} %")
     return record
 
@@ -138,7 +142,7 @@ def run_gp(ctx: Context, dense: nn.Module, dense_record: dict, data: Data | None
         say("GP+MT skipped: prune.min_threshold (--min-threshold) is not set")
         methods.remove("gp_mt")
     if "gp_mt" in methods and cfg.gp.sparsity_from == "predicted_limit":
-        _fit_min_threshold(cfg, dense, sparsity)
+        cfg = _fit_min_threshold(ctx, dense, sparsity)
     pre_acc = dense_record.get("test_top1")
     if pre_acc is None and data is not None:
         pre_acc = evaluator(cfg, eval_loader(cfg, data.test, cfg.finetune.batch_size, ctx.device), ctx.device,
@@ -147,23 +151,32 @@ def run_gp(ctx: Context, dense: nn.Module, dense_record: dict, data: Data | None
     for method in methods:
         model, masks, record = prune_method(ctx, dense, data, method, sparsity, pre_acc)
         if cfg.gp.finetune and data is not None and cfg.finetune.epochs > 0:
-            record = {**record, "finetune": finetune_method(ctx, model, masks, data, ctx.run.sub(method),
-                                                            f"{method}_finetune", METHOD_TITLES[method], pre_acc)}
+            out = ctx.run.sub(method)
+            stage = finetune_stage(cfg, method, masks=out / MASK_FILE, weights=out / PRUNED_FILE, method_dir=out,
+                                   run_path=ctx.run.path)
+            record = {**record, "finetune": finetune_method(ctx, model, masks, data, out, stage,
+                                                            METHOD_TITLES[method], pre_acc)}
         results[method] = record
     return results
 
 
-def _fit_min_threshold(cfg, model: nn.Module, sparsity: float) -> None:
+def _fit_min_threshold(ctx: Context, model: nn.Module, sparsity: float):
     """At a predicted (not user-chosen) sparsity the configured MT may be infeasible; lower it to the
-    largest feasible MT and say so, rather than failing after the whole limit pipeline ran."""
+    largest feasible MT and say so, rather than failing after the whole limit pipeline ran. The run's
+    config (and its config.yaml, which records what was used) then holds the lowered MT."""
+    from prunelimit.config.build import to_dict
     from prunelimit.pruning import max_feasible_min_threshold, prunable_parameters
 
+    cfg = ctx.cfg
     sizes = [p.numel() for _, p in prunable_parameters(model, cfg.prune.include, cfg.prune.exclude)]
     largest = max_feasible_min_threshold(sizes, sparsity)
     if cfg.prune.min_threshold > largest:
         say(f"GP+MT: min_threshold {cfg.prune.min_threshold:g} % is infeasible at the predicted sparsity "
             f"{sparsity}; using the largest feasible MT, {largest:.6g} %")
-        cfg.prune.min_threshold = largest
+        cfg = dataclasses.replace(cfg, prune=dataclasses.replace(cfg.prune, min_threshold=largest))
+        ctx.cfg = ctx.runner.cfg = cfg
+        ctx.run.write_config(to_dict(cfg))
+    return cfg
 
 
 def _group_sparsity(layers) -> dict[str, dict]:

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from prunelimit import dist
-from prunelimit.pipeline.common import Context, Data, eval_loader, evaluator, fingerprint, say, timed
+from prunelimit.pipeline import stages
+from prunelimit.pipeline.common import Context, Data, eval_loader, evaluator, say, timed
 from prunelimit.runs.io import read_json, write_csv, write_json
 from prunelimit.errors import PrunelimitError
 
@@ -33,7 +34,8 @@ def sweep_stage(ctx: Context, model: nn.Module, data: Data, ordering, epsilon=No
 
     cfg, out = ctx.cfg, ctx.run.sub("limit")
     csv_path = out / "sweep.csv"
-    if ctx.run.stage_result("sweep", fingerprint(cfg, "sweep")) is not None:
+    stage = stages.sweep_stage(cfg)
+    if ctx.runner.check(stage) is not None:
         from prunelimit.limit.sweep import has_loss_columns, read_sweep_csv
 
         rows = read_sweep_csv(csv_path)
@@ -41,6 +43,7 @@ def sweep_stage(ctx: Context, model: nn.Module, data: Data, ordering, epsilon=No
             say(f"sweep: finished earlier ({csv_path})")
             return rows
         say(f"sweep: {csv_path} was written before the data-loss columns existed; evaluating it again")
+    ctx.runner.start(stage)
     bs = cfg.train.batch_size
     test_eval = evaluator(cfg, eval_loader(cfg, data.test, bs, ctx.device), ctx.device, data.num_classes)
     train_eval = (evaluator(cfg, eval_loader(cfg, data.train_eval, bs, ctx.device), ctx.device, data.num_classes)
@@ -66,7 +69,7 @@ def sweep_stage(ctx: Context, model: nn.Module, data: Data, ordering, epsilon=No
             + (f" (resuming from {csv_path})" if csv_path.exists() else ""))
         rows = run_sweep(model, ordering, grid, test_eval, train_eval,
                          show_progress=cfg.show_progress, csv_path=csv_path, resume=True)
-    ctx.run.mark_done("sweep", {"rows": len(rows), "csv": str(csv_path)}, fingerprint(cfg, "sweep"))
+    ctx.runner.done(stage, {"rows": len(rows), "csv": str(csv_path)})
     return rows
 
 
@@ -139,10 +142,11 @@ def spectrum_stage(ctx: Context, model: nn.Module, data: Data, get_op) -> dict:
     from prunelimit.spectrum.plots import plot_density
 
     cfg, out = ctx.cfg, ctx.run.sub("limit")
-    done = ctx.run.stage_result("spectrum", fingerprint(cfg, "spectrum"))
-    if done is not None:
+    stage = stages.spectrum_stage(cfg)
+    if ctx.runner.check(stage) is not None:
         say("spectrum: finished earlier")
         return read_json(out / "spectrum.json")
+    ctx.runner.start(stage)
     op = get_op()
     s = cfg.spectrum
     steps = min(s.lanczos_iter, op.dim)
@@ -169,7 +173,7 @@ def spectrum_stage(ctx: Context, model: nn.Module, data: Data, get_op) -> dict:
         write_json(out / "spectrum.json", result)
         write_csv(out / "density.csv", ["eigenvalue", "density"], zip(grid.tolist(), density.tolist()))
         plot_density(out / "spectral_density.png", grid, density, nodes, weights)
-    ctx.run.mark_done("spectrum", {"dim": op.dim, "top_eigenvalue": result["top_eigenvalues"][:1]}, fingerprint(cfg, "spectrum"))
+    ctx.runner.done(stage, {"dim": op.dim, "top_eigenvalue": result["top_eigenvalues"][:1]})
     if dist.is_main() and state_dir.exists():
         shutil.rmtree(state_dir)
     parts = []
@@ -190,9 +194,11 @@ def rows_stage(ctx: Context, model: nn.Module, get_op) -> float:
     s = cfg.spectrum
     if not s.important_eigs:
         return 0.0
-    done = ctx.run.stage_result("rows", fingerprint(cfg, "rows"))
+    stage = stages.rows_stage(cfg)
+    done = ctx.runner.check(stage)
     if done is not None:
         return float(done["flat_fraction"])
+    ctx.runner.start(stage)
     p = cfg.prune
     res = hessian_row_norms(get_op(), model, quantiles=s.row_quantiles, include=p.include, exclude=p.exclude,
                             threshold=s.row_threshold)
@@ -201,7 +207,7 @@ def rows_stage(ctx: Context, model: nn.Module, get_op) -> float:
         write_csv(out / "hessian_rows.csv", list(rows[0].keys()), [list(r.values()) for r in rows])
         plot_row_norms(out / "hessian_row_norms.png", res)
     q = float(res.flat_fraction)
-    ctx.run.mark_done("rows", {"flat_fraction": q, "flat_count": res.flat_count, "threshold": s.row_threshold}, fingerprint(cfg, "rows"))
+    ctx.runner.done(stage, {"flat_fraction": q, "flat_count": res.flat_count, "threshold": s.row_threshold})
     say(f"important eigenvalues: {res.flat_count} of {s.row_quantiles} sampled Hessian rows are flat "
         f"(row L1 < {s.row_threshold:g}): q = {q:.2f}")
     return q
@@ -252,9 +258,10 @@ def limit_stage(ctx: Context, model: nn.Module, data: Data, ordering, rows: list
     from prunelimit.limit.rules import LOSS_COLUMN
 
     cfg, out = ctx.cfg, ctx.run.sub("limit")
-    done = ctx.run.stage_result("limit", fingerprint(cfg, "limit"))
-    if done is not None:
+    stage = stages.limit_stage(cfg)
+    if ctx.runner.check(stage) is not None:
         return read_json(out / "result.json")
+    ctx.runner.start(stage)
     lc = cfg.limit
     eps, eps_source = loss_tolerance(ctx, model, loss_fn, loader)
     nodes, weights = width_measure(cfg.spectrum, spectrum)
@@ -279,7 +286,7 @@ def limit_stage(ctx: Context, model: nn.Module, data: Data, ordering, rows: list
         write_result_files(out, result)
         plot_sweep(out / "sweep.png", rows, prediction, actual, conventions=conventions_line(result))
         plot_width(out / "gaussian_width.png", prediction, ordering, conventions=conventions_line(result))
-    ctx.run.mark_done("limit", {"predicted": prediction.limit}, fingerprint(cfg, "limit"))
+    ctx.runner.done(stage, {"predicted": prediction.limit})
     return result
 
 

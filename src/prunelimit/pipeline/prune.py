@@ -7,7 +7,8 @@ from pathlib import Path
 from prunelimit.config import RunConfig
 from prunelimit.config.build import ConfigError
 from prunelimit.pipeline.common import (Context, build_model, default_out, eval_loader, evaluator, load_data,
-                                        load_weights, say, setup)
+                                        load_weights, open_run, say)
+from prunelimit.pipeline.stages import finetune_stage, planned_stages, prune_stage
 from prunelimit.pipeline.dense import dense_model
 from prunelimit.pipeline.gp import MASK_FILE, METHOD_TITLES, PRUNED_FILE, finetune_method, run_gp
 from prunelimit.runs.report import print_summary, write_summary
@@ -17,7 +18,14 @@ from prunelimit.errors import PrunelimitError
 def prune_command(cfg: RunConfig, argv: list[str], *, allow_pickle: bool = False) -> dict:
     """``allow_pickle``: this command line's opt-in to unpickling the checkpoint (never from a config)."""
     start = time.time()
-    ctx = setup(cfg, argv, allow_pickle=allow_pickle)
+    stages = planned_stages(cfg, default_out(cfg), gp=False)
+    stages += [prune_stage(cfg, m, cfg.prune.sparsity) for m in cfg.gp.methods if m == "gp" or cfg.prune.min_threshold]
+    with open_run(cfg, argv, stages=stages, allow_pickle=allow_pickle) as ctx:
+        return _prune(ctx, start)
+
+
+def _prune(ctx: Context, start: float) -> dict:
+    cfg = ctx.cfg
     say(f"run directory: {ctx.run.path}  (device {ctx.device})")
     data = load_data(cfg)
     if data is None:
@@ -88,7 +96,18 @@ def finetune_command(cfg: RunConfig, argv: list[str], *, method: str, method_dir
     if cfg.data is None:
         raise ConfigError("finetune needs a dataset: pass --dataset NAME (and --data-path DIR), "
                           "e.g. --dataset cifar10 --data-path ~/data")
-    ctx = setup(cfg, argv, strict_keys={"model"}, allow_pickle=allow_pickle)
+    stage = finetune_stage(cfg, method, masks=mask_path, weights=weights, method_dir=method_dir, run_path=run_dir)
+    with open_run(cfg, argv, stages=[] if evaluate_only else [stage], strict_keys={"model"},
+                  allow_pickle=allow_pickle) as ctx:
+        return _finetune(ctx, stage, method=method, method_dir=method_dir, weights=weights, mask_path=mask_path,
+                         evaluate_only=evaluate_only)
+
+
+def _finetune(ctx: Context, stage, *, method: str, method_dir: Path, weights: Path, mask_path: Path,
+              evaluate_only: bool) -> dict:
+    from prunelimit.pruning import check_masks_fit, load_legacy_mask_npy, load_masks
+
+    cfg, run_dir = ctx.cfg, ctx.run.path
     data = load_data(cfg)
     model = build_model(cfg)
     load_weights(model, weights, allow_pickle=ctx.allow_pickle)
@@ -104,7 +123,7 @@ def finetune_command(cfg: RunConfig, argv: list[str], *, method: str, method_dir
     if evaluate_only:
         return _evaluate_only(ctx, model, masks, data, weights, method_dir)
     prune_record = ctx.run.stage_result(f"{method}_prune") or {}
-    record = finetune_method(ctx, model, masks, data, ctx.run.sub(method_dir.name), f"{method}_finetune", title,
+    record = finetune_method(ctx, model, masks, data, ctx.run.sub(method_dir.name), stage, title,
                              prune_record.get("pre_acc"))
     say(f"fine-tuning files: {method_dir}/finetune_log.csv, model_best.pth.tar, checkpoint_last.pth.tar")
     _update_summary(run_dir, method, record)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 from prunelimit.config.schema import RunConfig
-from prunelimit.pipeline.common import load_data, say, setup, timed
+from prunelimit.pipeline.common import default_out, load_data, open_run, say, timed
+from prunelimit.pipeline.stages import planned_stages
 from prunelimit.pipeline.dense import dense_model
 from prunelimit.pipeline.gp import run_gp
 from prunelimit.pipeline.limit import run_limit
@@ -15,7 +16,12 @@ from prunelimit.runs.report import print_summary, write_summary
 def run_pipeline(cfg: RunConfig, argv: list[str] | None = None, *, allow_pickle: bool = False) -> dict:
     """``allow_pickle``: this command line's opt-in to unpickling checkpoint files (never from a config)."""
     start = time.time()
-    ctx = setup(cfg, argv, allow_pickle=allow_pickle)
+    with open_run(cfg, argv, stages=planned_stages(cfg, default_out(cfg)), allow_pickle=allow_pickle) as ctx:
+        return _run(ctx, start)
+
+
+def _run(ctx, start: float) -> dict:
+    cfg = ctx.cfg
     say(f"run directory: {ctx.run.path}  (device {ctx.device})")
     with timed(ctx, "data"):
         data = load_data(cfg)
@@ -37,6 +43,7 @@ def run_pipeline(cfg: RunConfig, argv: list[str] | None = None, *, allow_pickle:
         summary["sparsity"] = sparsity
         with timed(ctx, "gp"):
             summary["gp"] = run_gp(ctx, model, dense_record, data, sparsity)
+        cfg = ctx.cfg  # GP+MT may have lowered min_threshold to fit the predicted sparsity
     summary["seconds"] = round(time.time() - start, 1)
     summary["stage_seconds"] = dict(ctx.timings)   # this command's wall time per stage (finished ones: reload)
     write_summary(ctx.run.path, summary)

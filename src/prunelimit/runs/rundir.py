@@ -6,6 +6,9 @@ refused with the keys that differ, so results of two configs never mix.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import platform
 import subprocess
 import sys
@@ -18,6 +21,8 @@ import yaml
 from prunelimit import dist
 from prunelimit.runs.io import atomic_write_text, make_dirs, read_json, write_json
 from prunelimit.errors import PrunelimitError
+
+LOCK_FILE = ".lock"
 
 # Keys that may change between invocations of the same run without invalidating its results.
 _VOLATILE = {"show_progress", "out", "device", "gpu", "name", "workers", "download", "allow_pickle", "threads",
@@ -85,28 +90,73 @@ class RunDir:
     def _marker(self, stage: str) -> Path:
         return self.path / "stages" / f"{stage}.json"
 
-    def stage_result(self, stage: str, fingerprint: dict | None = None) -> dict | None:
+    def _started(self, stage: str) -> Path:
+        return self.path / "stages" / f"{stage}.started.json"
+
+    def stage_result(self, stage: str, fingerprint: dict | None = None, *, redo_hint: str = "") -> dict | None:
         """The finished stage's record, or None if it has not finished.
 
-        ``fingerprint``: the config slice the stage depends on. A finished stage made with a different
-        one is refused (never silently reused): the message names the keys that differ."""
+        ``fingerprint``: what the stage's results depend on (config slice, input checksums, world size). A
+        finished stage made with a different one is refused (never silently reused): the message names
+        the keys that differ and how to redo it (``redo_hint``, default: another --out or delete it)."""
         m = self._marker(stage)
         if not m.exists():
             return None
         record = read_json(m)
-        old = record.get("_fingerprint")
-        if fingerprint is not None and old is not None and _strip(old) != _strip(fingerprint):
-            diffs = _flat_diff(old, fingerprint)
-            raise PrunelimitError(
-                f"run directory {str(self.path)!r} already holds stage {stage!r} made with a different config "
-                f"({'; '.join(diffs[:5])}). Use another --out for the new config, or delete "
-                f"{str(m)!r} (and that stage's files) to redo it.")
+        self._refuse_mismatch(stage, record.get("_fingerprint"), fingerprint, "already holds", m, redo_hint)
         return record
+
+    def check_started(self, stage: str, fingerprint: dict, *, redo_hint: str = "") -> None:
+        """Refuse to resume a stage that an earlier command started with another fingerprint: its partial
+        files (a training checkpoint, a half-written sweep) would continue with different numbers."""
+        m = self._started(stage)
+        if m.exists():
+            self._refuse_mismatch(stage, read_json(m).get("_fingerprint"), fingerprint, "holds a partly run",
+                                  m, redo_hint)
+
+    def _refuse_mismatch(self, stage, old, new, holds: str, marker: Path, redo_hint: str) -> None:
+        if new is None or old is None or _strip(old) == _strip(new):
+            return
+        diffs = _flat_diff(old, new)
+        how = redo_hint or (f"Use another --out for the new config, or delete {str(marker)!r} (and that "
+                            f"stage's files) to redo it")
+        raise PrunelimitError(f"run directory {str(self.path)!r} {holds} stage {stage!r} made with different "
+                              f"settings ({'; '.join(diffs[:5])}). {how}.")
+
+    def mark_started(self, stage: str, fingerprint: dict) -> None:
+        if dist.is_main():
+            write_json(self._started(stage), {"_fingerprint": fingerprint})
+        dist.barrier()
 
     def mark_done(self, stage: str, result: dict, fingerprint: dict | None = None) -> None:
         if dist.is_main():
             write_json(self._marker(stage), {**result, "_fingerprint": fingerprint} if fingerprint else result)
+            self._started(stage).unlink(missing_ok=True)
         dist.barrier()
+
+    # ---- one command at a time ----------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold ``.lock`` while a command works here; a second command on the same directory is refused
+        (it would duplicate the work and interleave the files). Rank 0 holds it for all ranks."""
+        if not dist.is_main():
+            yield
+            return
+        make_dirs(self.path)
+        path = self.path / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                raise PrunelimitError(f"run directory {str(self.path)!r} is in use by another prunelimit command "
+                                      f"({holder}); wait for it to finish, or use another --out") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%H:%M:%S')}".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
 
 def _flat_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
