@@ -160,7 +160,8 @@ def finetune_stage(cfg: RunConfig, method: str, masks: Path, weights: Path, meth
     hint = (f"To fine-tune other masks, weights or settings, start a new run directory (prunelimit finetune "
             f"--model ... --checkpoint ... --masks ... --out NEW), or delete {str(marker)!r} and "
             f"{str(method_dir / 'checkpoint_last.pth.tar')!r} to redo this fine-tuning")
-    return Stage(f"{method}_finetune", DENSE_KEYS + ("prune", "gp.sparsity_from", "finetune"),
+    # the prune settings reach it through the masks' and weights' bytes (an MT lowered to fit included)
+    return Stage(f"{method}_finetune", DENSE_KEYS + ("finetune",),
                  inputs={"masks": masks, "weights": weights}, per_world_size=True, redo_hint=hint)
 
 
@@ -175,11 +176,12 @@ def planned_stages(cfg: RunConfig, run_path: Path, *, gp: bool = True) -> list[S
         if st.spectrum or st.limit:
             out += [spectrum_stage(cfg)] + ([rows_stage(cfg)] if cfg.spectrum.important_eigs else [])
         out += [limit_stage(cfg)] if st.limit else []
-    if gp and cfg.pipeline in ("gp", "default") and cfg.gp.sparsity_from == "config":
+    if gp and cfg.pipeline in ("gp", "default"):
         for method in cfg.gp.methods:
             if method == "gp_mt" and not cfg.prune.min_threshold:
                 continue
-            out.append(prune_stage(cfg, method, cfg.prune.sparsity))
+            if cfg.gp.sparsity_from == "config":  # a predicted sparsity is checked once it is known
+                out.append(prune_stage(cfg, method, cfg.prune.sparsity))
             if cfg.gp.finetune:
                 d = run_path / method
                 out.append(finetune_stage(cfg, method, masks=d / "weight_mask.safetensors",
