@@ -58,6 +58,13 @@ def flag_values(args: argparse.Namespace) -> dict[str, tuple[str, object]]:
     return out
 
 
+def _interactive() -> bool:
+    """Progress bars only when stderr is a terminal; piped output gets the per-stage lines alone."""
+    import sys
+
+    return sys.stderr.isatty()
+
+
 def _flag(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 
@@ -76,6 +83,8 @@ def _config(args: argparse.Namespace, *, extra: dict[str, object] | None = None,
         config, positional = None, [config] + positional  # `prunelimit run key=value ...` without CONFIG
     flags = {k: v for k, v in flag_values(args).items() if k not in drop}
     values = {**(extra or {}), **{k: v for k, (_, v) in flags.items()}}
+    if not _interactive():  # piped or logged: a line per stage, not thousands of bar redraws
+        values.setdefault("show_progress", False)
     if empty_base and config is None:
         cfg = config_from_overrides(positional, values=values)
     else:
@@ -171,6 +180,8 @@ def cmd_finetune(args, argv) -> int:
 
     flags = {k: v for k, (_, v) in flag_values(args).items() if k != "model.checkpoint"}  # weights: below
     flags["gp.finetune"] = True
+    if not _interactive():
+        flags.setdefault("show_progress", False)
     if args.run_dir:
         if args.out is not None:
             raise ConfigError(f"--out has no effect with RUN_DIR: fine-tuning writes into {args.run_dir!r} "

@@ -16,6 +16,10 @@ import traceback
 from prunelimit.cli import commands
 from prunelimit.errors import PrunelimitError
 
+DESCRIPTION = ("Prune PyTorch networks by global magnitude (GP, GP+MT) with masked fine-tuning, and predict how far "
+               "they can be pruned (the fundamental limit: L1 training, sweep, Hessian spectrum, Gaussian width). "
+               "`prunelimit COMMAND -h` lists a command's flags and their defaults.")
+
 EPILOG = """examples:
   prunelimit run                                   # the embedded default on sklearn's digits (~1 min on CPU)
   prunelimit run FC_CIFAR10_l1 data.data_path=~/data  # a shipped config with an override
@@ -32,8 +36,8 @@ def _common(p: argparse.ArgumentParser, *, config: bool = True, config_required:
         p.add_argument("overrides", nargs="*", metavar="key=value",
                        help="config overrides such as train.lr=0.05 or the original flat keys (lmbda=5e-5)")
     p.add_argument("--out", help="run directory (default: runs/<config name>)")
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
-    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1")
+    p.add_argument("--seed", type=int, help="seeds model init, data order, training and the Hessian probes")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--allow-pickle", action="store_true",
                    help="let this command unpickle checkpoint/mask files, which can run code (trusted files only); "
@@ -45,12 +49,13 @@ def _gp_flags(p: argparse.ArgumentParser, *, prune: bool = True) -> None:
     g.add_argument("--epochs", type=int, help="fine-tuning epochs")
     g.add_argument("--batch-size", type=int, help="total batch size over all GPUs")
     g.add_argument("--lr", type=float, help="initial learning rate")
-    g.add_argument("--momentum", type=float)
-    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--momentum", type=float, help="SGD momentum")
+    g.add_argument("--weight-decay", type=float, help="L2 weight decay")
     g.add_argument("--smoothing", type=float, help="label smoothing")
-    g.add_argument("--warmup-epochs", type=int)
-    g.add_argument("--schedule", choices=["cosine", "linear", "step", "multistep", "none"])
-    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--warmup-epochs", type=int, help="linear learning-rate warm-up, in epochs")
+    g.add_argument("--schedule", choices=["cosine", "linear", "step", "multistep", "none"],
+                   help="learning-rate schedule")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help="Nesterov momentum")
     g.add_argument("--workers", type=int, help="data loader workers per process")
     if prune:  # finetune keeps the masks it is given: these flags could only be refused there
         g.add_argument("--sparsity", type=float, help="fraction of prunable weights to remove, e.g. 0.9")
@@ -67,7 +72,7 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
                                    "mypkg.module:factory")
     g.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
                    help="keyword argument for the model factory (repeatable), e.g. --model-arg depth=4")
-    g.add_argument("--num-classes", type=int)
+    g.add_argument("--num-classes", type=int, help="output classes (default: the dataset's)")
     g.add_argument("--input-shape", help="C,H,W of one example, for models that need it when no --dataset is given")
     g.add_argument("--checkpoint", help="weights: a state_dict, {'state_dict': ...}, DDP 'module.' keys accepted")
     g.add_argument("--dataset", help="dataset name (see `prunelimit ls datasets`); omit to skip evaluation")
@@ -76,7 +81,7 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prunelimit", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="prunelimit", description=DESCRIPTION,
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="command")
@@ -121,7 +126,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ls", help="list models, datasets or shipped configs")
     p.add_argument("what", nargs="?", choices=["models", "datasets", "configs"], default=None)
+    _add_defaults(sub)
     return parser
+
+
+def _add_defaults(sub) -> None:
+    """Append to each flag that sets a config key that key and its built-in default: a flag overrides the
+    CONFIG's value, and the built-in default is what an unset key gets."""
+    from prunelimit.config.schema import default_dict
+
+    defaults = default_dict()
+
+    def builtin(key: str):
+        section, _, name = key.partition(".")
+        value = defaults.get(section)
+        return value.get(name) if name and isinstance(value, dict) else value
+
+    for parser in sub.choices.values():
+        for action in parser._actions:
+            key = commands.FLAG_KEYS.get(action.dest) or commands.SWITCH_KEYS.get(action.dest, (None,))[0] or \
+                commands.PARSED_KEYS.get(action.dest, (None,))[0]
+            if key is None or action.help is argparse.SUPPRESS:
+                continue
+            value = builtin(key)
+            shown = "runs/<config name>" if key == "out" else ("none" if value is None else value)
+            action.help = f"{action.help or ''} [config key {key}; default: the CONFIG's value, else {shown}]".strip()
 
 
 def main(argv: list[str] | None = None) -> int:
