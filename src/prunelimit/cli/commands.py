@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from prunelimit.runs import paths
 from prunelimit.config import RunConfig, config_from_overrides, dump_config, load_config, shipped_configs
 from prunelimit.config.build import ConfigError
 from prunelimit.errors import PrunelimitError
@@ -187,7 +188,7 @@ def cmd_finetune(args, argv) -> int:
             raise ConfigError(f"--out has no effect with RUN_DIR: fine-tuning writes into {args.run_dir!r} "
                               f"itself; drop --out (or copy the run directory first)")
         run_dir, method_dir, method = locate_pruned_run(Path(args.run_dir), args.method)
-        cfg = load_config(run_dir / "config.yaml", values={**flags, "out": str(run_dir)})
+        cfg = load_config(run_dir / paths.CONFIG, values={**flags, "out": str(run_dir)})
         weights = Path(args.checkpoint) if args.checkpoint else method_dir / PRUNED_FILE
         mask_path = Path(args.masks) if args.masks else method_dir / MASK_FILE
     else:

@@ -211,9 +211,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
     overrides = list(overrides)
     apply_overrides(tree, overrides)
     apply_values(tree, values or {})
+    if tree[""].get("name") is None:
+        tree[""]["name"] = p.stem
     cfg = build_run_config(tree, f"{p} (with command-line overrides)" if overrides or values else str(p))
-    if cfg.name is None:
-        cfg.name = p.stem
     return cfg
 
 

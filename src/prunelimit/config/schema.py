@@ -69,8 +69,10 @@ class StagesConfig:
                                        # false: deleted once the command is done, a rerun trains again
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
+    """The whole run, validated across sections; frozen once built (a value settled at run time, such as
+    an MT lowered to fit, makes a new config with ``dataclasses.replace``)."""
     pipeline: str = "default"          # "default" (limit then GP/GP+MT), "gp", or "limit"
     name: str | None = None            # run name; the run directory is <out or runs/NAME>
     out: str | None = None             # run directory; default runs/<name>

@@ -20,6 +20,9 @@ from prunelimit.limit.width import Prediction
 from prunelimit.runs.io import atomic_write_bytes
 from prunelimit.errors import PrunelimitError
 
+# legends use the summary's words for each rule, not the config's keys
+RULE_WORDS = {"above_baseline": "test acc > unpruned", "acc_drop": "test acc drop <= delta",
+              "loss_increase": "train loss <= L(w*) + eps"}
 _RULE_STYLE = {"above_baseline": ("tab:red", "-"), "acc_drop": ("tab:orange", "--"), "loss_increase": ("tab:purple", ":")}
 
 
@@ -53,7 +56,7 @@ def _mark_limits(ax, prediction: Prediction | None, actual, label: bool) -> None
         if p is None:
             continue
         color, ls = _RULE_STYLE.get(rule, ("black", "--"))
-        ax.axvline(float(p), color=color, ls=ls, lw=1.2, label=f"actual ({rule}) p={float(p):.3f}" if label else None)
+        ax.axvline(float(p), color=color, ls=ls, lw=1.2, label=f"actual ({RULE_WORDS.get(rule, rule)}) p={float(p):.3f}" if label else None)
 
 
 def _zoom_start(p: np.ndarray, rows, prediction: Prediction | None, actual) -> float | None:

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from prunelimit.runs import paths
 from prunelimit import dist
 from prunelimit.limit.ordering import MagnitudeOrdering
 from prunelimit.limit.rules import DEFAULT_READING, READINGS, RULES, RuleLimit, check_loss, check_reading
@@ -122,4 +123,4 @@ def write_result_files(out_dir: str | os.PathLike, result: Mapping[str, Any]) ->
     if not dist.is_main():
         return None
     out = Path(out_dir)
-    return write_json(out / "result.json", dict(result)), atomic_write_text(out / "result.txt", text)
+    return write_json(out / paths.RESULT_JSON, dict(result)), atomic_write_text(out / paths.RESULT_TXT, text)

@@ -5,12 +5,13 @@ import dataclasses
 
 from torch import nn
 
+from prunelimit.runs import paths
 from prunelimit.pipeline.stages import dense_stage
 from prunelimit.pipeline.common import Context, Data, build_model, eval_loader, load_weights, say, train_loader
 from prunelimit.runs.io import atomic_torch_save
 from prunelimit.errors import PrunelimitError
 
-DENSE_FILE = "model_final.pth.tar"
+DENSE_FILE = paths.MODEL_FINAL
 
 
 def dense_model(ctx: Context, data: Data | None, *, train_if_needed: bool = True) -> tuple[nn.Module, dict]:
@@ -56,15 +57,15 @@ def dense_model(ctx: Context, data: Data | None, *, train_if_needed: bool = True
     from prunelimit.train import train
 
     ctx.runner.start(stage)
-    out_dir = run.sub("dense")
+    out_dir = run.sub(paths.DENSE)
     t = dataclasses.replace(cfg.train, seed=cfg.seed_for(cfg.train.seed))
-    if (out_dir / "checkpoint_last.pth.tar").exists():
+    if (out_dir / paths.CHECKPOINT_LAST).exists():
         say(f"resuming dense training from {out_dir / 'checkpoint_last.pth.tar'}")
     l1 = f", L1 lambda {t.l1_lambda:g}" if t.l1_lambda > 0 else ""
     say(f"training {cfg.model.name} on {cfg.data.dataset}: {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g}{l1}")
     result = train(model.to(ctx.device), train_loader(cfg, data, t.batch_size, ctx.device),
                    eval_loader(cfg, data.test, t.batch_size, ctx.device), t, device=ctx.device,
-                   run_dir=out_dir, log_name="train_log.csv", show_progress=cfg.show_progress,
+                   run_dir=out_dir, log_name=paths.TRAIN_LOG, show_progress=cfg.show_progress,
                    num_classes=data.num_classes)
     weights = out_dir / DENSE_FILE
     from prunelimit import dist
@@ -72,7 +73,7 @@ def dense_model(ctx: Context, data: Data | None, *, train_if_needed: bool = True
     if dist.is_main() and cfg.stages.save_model:
         atomic_torch_save({"state_dict": _plain_state_dict(model)}, weights)
     elif dist.is_main():  # the trained weights live on in memory for this command's later stages only
-        for name in ("checkpoint_last.pth.tar", "model_best.pth.tar", DENSE_FILE):
+        for name in (paths.CHECKPOINT_LAST, paths.MODEL_BEST, DENSE_FILE):
             (out_dir / name).unlink(missing_ok=True)
         say(f"dense model: not kept on disk (stages.save_model: false); {out_dir} keeps only train_log.csv")
     final = result.final or {}

@@ -12,14 +12,15 @@ from pathlib import Path
 
 from torch import nn
 
+from prunelimit.runs import paths
 from prunelimit import dist
 from prunelimit.pipeline.stages import Stage, finetune_stage, prune_stage
 from prunelimit.pipeline.common import Context, Data, eval_loader, evaluator, group_name, say, train_loader
 from prunelimit.runs.io import atomic_torch_save
 from prunelimit.runs.prune_logs import write_layer_sparsities, write_prune_log
 
-MASK_FILE = "weight_mask.safetensors"
-PRUNED_FILE = "prunedmodel.pth.tar"
+MASK_FILE = paths.MASK
+PRUNED_FILE = paths.PRUNED_MODEL
 METHOD_TITLES = {"gp": "GP", "gp_mt": "GP+MT"}
 
 
@@ -67,13 +68,13 @@ def prune_method(ctx: Context, dense: nn.Module, data: Data | None, method: str,
         return evaluate(model)["top1"]
 
     gp_post = accuracy_with(gp_masks)
-    write_prune_log(out / "prune_log.csv", mask_sparsity(gp_masks), pre_acc, gp_post)
+    write_prune_log(out / paths.PRUNE_LOG, mask_sparsity(gp_masks), pre_acc, gp_post)
     post = gp_post
     stats = mask_sparsity(masks)
     if plan is not None:
-        write_layer_sparsities(out / "layer_sparsities.csv", plan)
+        write_layer_sparsities(out / paths.LAYER_SPARSITIES, plan)
         post = accuracy_with(masks)
-        write_prune_log(out / "prune_refined_log.csv", stats, pre_acc, post)
+        write_prune_log(out / paths.PRUNE_REFINED_LOG, stats, pre_acc, post)
         clamped, dense_layers = plan.clamped_layers, plan.dense_layers
         say(f"GP+MT ({cfg.prune.mt_mode}, MT {cfg.prune.min_threshold} % -> floor {plan.floor} weights/layer): "
             f"{len(clamped)} layer(s) clamped by the floor{': ' + ', '.join(clamped[:6]) if clamped else ''}"
@@ -115,13 +116,13 @@ def finetune_method(ctx: Context, model: nn.Module, masks: dict, data: Data, out
         return done
     ctx.runner.start(stage)
     f = dataclasses.replace(cfg.finetune, seed=cfg.seed_for(cfg.finetune.seed))
-    if (out / "checkpoint_last.pth.tar").exists():
+    if (out / paths.CHECKPOINT_LAST).exists():
         say(f"{title}: resuming fine-tuning from {out / 'checkpoint_last.pth.tar'}")
     say(f"{title}: fine-tuning {f.epochs} epochs (lr {f.lr:g}, {f.schedule} schedule, "
         f"label smoothing {f.label_smoothing:g}, batch {f.batch_size})")
     result = train(model, train_loader(cfg, data, f.batch_size, ctx.device),
                    eval_loader(cfg, data.test, f.batch_size, ctx.device), f, device=ctx.device, masks=masks,
-                   run_dir=out, log_name="finetune_log.csv", orig_acc=pre_acc, show_progress=cfg.show_progress,
+                   run_dir=out, log_name=paths.FINETUNE_LOG, orig_acc=pre_acc, show_progress=cfg.show_progress,
                    num_classes=data.num_classes)
     nonzero_pruned = count_nonzero_pruned(model, masks)
     if nonzero_pruned:

@@ -13,6 +13,7 @@ import shutil
 import torch
 from torch import nn
 
+from prunelimit.runs import paths
 from prunelimit import dist
 from prunelimit.pipeline import stages
 from prunelimit.pipeline.common import Context, Data, eval_loader, evaluator, say, timed
@@ -32,8 +33,8 @@ def sweep_stage(ctx: Context, model: nn.Module, data: Data, ordering, epsilon=No
     from prunelimit.limit import adaptive_limit_search, run_sweep
     from prunelimit.limit.sweep import tail_grid
 
-    cfg, out = ctx.cfg, ctx.run.sub("limit")
-    csv_path = out / "sweep.csv"
+    cfg, out = ctx.cfg, ctx.run.sub(paths.LIMIT)
+    csv_path = out / paths.SWEEP_CSV
     stage = stages.sweep_stage(cfg)
     if ctx.runner.check(stage) is not None:
         from prunelimit.limit.sweep import has_loss_columns, read_sweep_csv
@@ -141,11 +142,11 @@ def spectrum_stage(ctx: Context, model: nn.Module, data: Data, get_op) -> dict:
     from prunelimit.spectrum.checkpoint import LanczosCheckpoint
     from prunelimit.spectrum.plots import plot_density
 
-    cfg, out = ctx.cfg, ctx.run.sub("limit")
+    cfg, out = ctx.cfg, ctx.run.sub(paths.LIMIT)
     stage = stages.spectrum_stage(cfg)
     if ctx.runner.check(stage) is not None:
         say("spectrum: finished earlier")
-        return read_json(out / "spectrum.json")
+        return read_json(out / paths.SPECTRUM_JSON)
     ctx.runner.start(stage)
     op = get_op()
     s = cfg.spectrum
@@ -170,9 +171,9 @@ def spectrum_stage(ctx: Context, model: nn.Module, data: Data, get_op) -> dict:
               "top_eigenvalues": [float(x) for x in top], "trace": trace, "trace_stderr": trace_err,
               "hvp_count": getattr(op, "num_matvecs", None)}
     if dist.is_main():
-        write_json(out / "spectrum.json", result)
-        write_csv(out / "density.csv", ["eigenvalue", "density"], zip(grid.tolist(), density.tolist()))
-        plot_density(out / "spectral_density.png", grid, density, nodes, weights)
+        write_json(out / paths.SPECTRUM_JSON, result)
+        write_csv(out / paths.DENSITY_CSV, ["eigenvalue", "density"], zip(grid.tolist(), density.tolist()))
+        plot_density(out / paths.DENSITY_PNG, grid, density, nodes, weights)
     ctx.runner.done(stage, {"dim": op.dim, "top_eigenvalue": result["top_eigenvalues"][:1]})
     if dist.is_main() and state_dir.exists():
         shutil.rmtree(state_dir)
@@ -190,7 +191,7 @@ def rows_stage(ctx: Context, model: nn.Module, get_op) -> float:
     from prunelimit.spectrum import hessian_row_norms
     from prunelimit.spectrum.plots import plot_row_norms
 
-    cfg, out = ctx.cfg, ctx.run.sub("limit")
+    cfg, out = ctx.cfg, ctx.run.sub(paths.LIMIT)
     s = cfg.spectrum
     if not s.important_eigs:
         return 0.0
@@ -204,8 +205,8 @@ def rows_stage(ctx: Context, model: nn.Module, get_op) -> float:
                             threshold=s.row_threshold)
     if dist.is_main():
         rows = res.rows()
-        write_csv(out / "hessian_rows.csv", list(rows[0].keys()), [list(r.values()) for r in rows])
-        plot_row_norms(out / "hessian_row_norms.png", res)
+        write_csv(out / paths.ROWS_CSV, list(rows[0].keys()), [list(r.values()) for r in rows])
+        plot_row_norms(out / paths.ROWS_PNG, res)
     q = float(res.flat_fraction)
     ctx.runner.done(stage, {"flat_fraction": q, "flat_count": res.flat_count, "threshold": s.row_threshold})
     say(f"important eigenvalues: {res.flat_count} of {s.row_quantiles} sampled Hessian rows are flat "
@@ -257,10 +258,10 @@ def limit_stage(ctx: Context, model: nn.Module, data: Data, ordering, rows: list
     from prunelimit.limit.results import build_result, conventions_line, write_result_files
     from prunelimit.limit.rules import LOSS_COLUMN
 
-    cfg, out = ctx.cfg, ctx.run.sub("limit")
+    cfg, out = ctx.cfg, ctx.run.sub(paths.LIMIT)
     stage = stages.limit_stage(cfg)
     if ctx.runner.check(stage) is not None:
-        return read_json(out / "result.json")
+        return read_json(out / paths.RESULT_JSON)
     ctx.runner.start(stage)
     lc = cfg.limit
     eps, eps_source = loss_tolerance(ctx, model, loss_fn, loader)
@@ -282,10 +283,11 @@ def limit_stage(ctx: Context, model: nn.Module, data: Data, ordering, rows: list
                                  "trace_bound_limit": None if bound is None else bound.limit,
                                  "trace_bound_reason": None if bound is None else bound.reason})
     actual = {r: v["prune_fraction"] for r, v in result["actual"].items()}
+    title = f"{cfg.model.name} on {cfg.data.dataset}: {conventions_line(result)}"  # figures say what they show
     if dist.is_main():
         write_result_files(out, result)
-        plot_sweep(out / "sweep.png", rows, prediction, actual, conventions=conventions_line(result))
-        plot_width(out / "gaussian_width.png", prediction, ordering, conventions=conventions_line(result))
+        plot_sweep(out / paths.SWEEP_PNG, rows, prediction, actual, conventions=title)
+        plot_width(out / paths.WIDTH_PNG, prediction, ordering, conventions=title)
     ctx.runner.done(stage, {"predicted": prediction.limit})
     return result
 

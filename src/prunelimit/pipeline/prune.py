@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from prunelimit.runs import paths
 from prunelimit.config import RunConfig
 from prunelimit.config.build import ConfigError
 from prunelimit.pipeline.common import (Context, build_model, default_out, eval_loader, evaluator, load_data,
@@ -69,7 +70,7 @@ def locate_pruned_run(run_dir: Path, method: str | None) -> tuple[Path, Path, st
     """(run directory, method directory, method) from a run dir or a method folder."""
     if not run_dir.exists():
         raise PrunelimitError(f"run directory {str(run_dir)!r} does not exist; give the --out directory of `prunelimit prune`")
-    if (run_dir / MASK_FILE).exists() and (run_dir.parent / "config.yaml").exists():
+    if (run_dir / MASK_FILE).exists() and (run_dir.parent / paths.CONFIG).exists():
         return run_dir.parent, run_dir, run_dir.name
     candidates = [m for m in ("gp", "gp_mt") if (run_dir / m / MASK_FILE).exists()]
     if method is not None:
@@ -135,7 +136,7 @@ def _update_summary(run_dir: Path, method: str, record: dict) -> None:
     from prunelimit import dist
     from prunelimit.runs.io import read_json
 
-    path = run_dir / "summary.json"
+    path = run_dir / paths.SUMMARY
     if not dist.is_main() or not path.exists():
         return
     summary = read_json(path)
@@ -147,7 +148,7 @@ def _update_summary(run_dir: Path, method: str, record: dict) -> None:
 def _evaluate_only(ctx: Context, model, masks: dict, data, weights: Path, method_dir: Path) -> dict:
     from prunelimit.pruning import apply_masks, count_nonzero_pruned, mask_sparsity
 
-    best = method_dir / "model_best.pth.tar"
+    best = method_dir / paths.MODEL_BEST
     source = weights
     if best.exists() and weights.name == PRUNED_FILE:
         load_weights(model, best)

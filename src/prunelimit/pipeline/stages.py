@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
+from prunelimit.runs import paths
 from prunelimit import dist
 from prunelimit.config.build import to_dict
 from prunelimit.config.schema import RunConfig
@@ -184,6 +185,6 @@ def planned_stages(cfg: RunConfig, run_path: Path, *, gp: bool = True) -> list[S
                 out.append(prune_stage(cfg, method, cfg.prune.sparsity))
             if cfg.gp.finetune:
                 d = run_path / method
-                out.append(finetune_stage(cfg, method, masks=d / "weight_mask.safetensors",
-                                          weights=d / "prunedmodel.pth.tar", method_dir=d, run_path=run_path))
+                out.append(finetune_stage(cfg, method, masks=d / paths.MASK,
+                                          weights=d / paths.PRUNED_MODEL, method_dir=d, run_path=run_path))
     return out

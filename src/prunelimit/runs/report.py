@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prunelimit.runs import paths
 from prunelimit import dist
 from prunelimit.limit.rules import DEFAULT_READING
 from prunelimit.runs.io import atomic_write_text, read_json, write_json
@@ -112,24 +113,24 @@ def write_summary(run_dir: str | Path, s: dict) -> None:
     if not dist.is_main():
         return
     run_dir = Path(run_dir)
-    write_json(run_dir / "summary.json", s)
-    atomic_write_text(run_dir / "report.md", report_markdown(s))
+    write_json(run_dir / paths.SUMMARY, s)
+    atomic_write_text(run_dir / paths.REPORT, report_markdown(s))
 
 
 def report_markdown(s: dict) -> str:
     lines = ["# prunelimit report", "", "```", *summary_lines(s), "```", ""]
-    lim_dir = Path(s.get("run_dir", ".")) / "limit"
-    for name, title in (("sweep.png", "Accuracy and loss versus prune fraction"),
-                        ("gaussian_width.png", "Gaussian width g(R(p)) and p against R"),
-                        ("spectral_density.png", "Hessian spectral density (SLQ)"),
-                        ("hessian_row_norms.png", "Hessian row norms at magnitude quantiles")):
+    lim_dir = Path(s.get("run_dir", ".")) / paths.LIMIT
+    for name, title in ((paths.SWEEP_PNG, "Accuracy and loss versus prune fraction"),
+                        (paths.WIDTH_PNG, "Gaussian width g(R(p)) and p against R"),
+                        (paths.DENSITY_PNG, "Hessian spectral density (SLQ)"),
+                        (paths.ROWS_PNG, "Hessian row norms at magnitude quantiles")):
         if (lim_dir / name).exists():
             lines += [f"## {title}", "", f"![{title}](limit/{name})", ""]
     return "\n".join(lines)
 
 
 def report_from_dir(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / "summary.json"
+    path = Path(run_dir) / paths.SUMMARY
     if not path.exists():
         raise PrunelimitError(f"{str(run_dir)!r} has no summary.json: it is not a finished prunelimit run directory "
                          f"(run `prunelimit run ...` first, or give the --out directory of one)")

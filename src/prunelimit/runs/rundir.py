@@ -18,11 +18,12 @@ from typing import Any
 
 import yaml
 
+from prunelimit.runs import paths
 from prunelimit import dist
 from prunelimit.runs.io import atomic_write_text, make_dirs, read_json, write_json
 from prunelimit.errors import PrunelimitError
 
-LOCK_FILE = ".lock"
+LOCK_FILE = paths.LOCK
 
 # Keys that may change between invocations of the same run without invalidating its results.
 _VOLATILE = {"show_progress", "out", "device", "gpu", "name", "workers", "download", "allow_pickle", "threads",
@@ -48,8 +49,8 @@ class RunDir:
         ``strict_keys``: top-level keys that must match an existing record (default: the model; each
         finished stage also checks the config slice it depends on, see ``stage_result``)."""
         strict = strict_keys if strict_keys is not None else {"model"}
-        path = self.path / "config.yaml"
-        stages = self.path / "stages"
+        path = self.path / paths.CONFIG
+        stages = self.path / paths.STAGES
         if path.exists() and stages.is_dir() and any(stages.glob("*.json")):  # only results can conflict
             old = yaml.safe_load(path.read_text()) or {}
             diffs = [k for k in sorted(strict) if _strip(old.get(k)) != _strip(cfg_dict.get(k))]
@@ -84,14 +85,14 @@ class RunDir:
             env["torchvision"] = torchvision.__version__
         except ImportError:  # pragma: no cover
             pass
-        write_json(self.path / "environment.json", env)
+        write_json(self.path / paths.ENVIRONMENT, env)
 
     # ---- stage markers ----------------------------------------------------------------------
     def _marker(self, stage: str) -> Path:
-        return self.path / "stages" / f"{stage}.json"
+        return self.path / paths.STAGES / f"{stage}.json"
 
     def _started(self, stage: str) -> Path:
-        return self.path / "stages" / f"{stage}.started.json"
+        return self.path / paths.STAGES / f"{stage}.started.json"
 
     def stage_result(self, stage: str, fingerprint: dict | None = None, *, redo_hint: str = "") -> dict | None:
         """The finished stage's record, or None if it has not finished.

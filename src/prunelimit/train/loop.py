@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from prunelimit.runs import paths
 from prunelimit import dist
 from prunelimit.pruning.names import unwrap_model
 from prunelimit.runs.checkpoint import check_state_dict
@@ -57,7 +58,7 @@ class TrainResult:
 
 
 def train(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *, device=None, masks=None,
-          run_dir=None, log_name: str = "train_log.csv", orig_acc: float | None = None, resume: bool = True,
+          run_dir=None, log_name: str = paths.TRAIN_LOG, orig_acc: float | None = None, resume: bool = True,
           show_progress: bool = True, num_classes: int | None = None,
           stop_after_epoch: int | None = None, loss_fn=None, metrics_fn=None) -> TrainResult:
     """Train ``model`` in place for ``cfg.epochs`` epochs and return a ``TrainResult``.

@@ -14,14 +14,15 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
+from prunelimit.runs import paths
 from prunelimit import dist
 from prunelimit.runs.checkpoint import CheckpointError, load_checkpoint_file
 from prunelimit.runs.io import atomic_torch_save
 from prunelimit.train.config import TrainConfig
 from prunelimit.errors import PrunelimitError
 
-LAST_CHECKPOINT = "checkpoint_last.pth.tar"
-BEST_CHECKPOINT = "model_best.pth.tar"
+LAST_CHECKPOINT = paths.CHECKPOINT_LAST
+BEST_CHECKPOINT = paths.MODEL_BEST
 # Config keys that may change between a run and its resumption: they do not change the weights.
 RESUMABLE_CHANGES = {"workers", "eval_every", "save_every_epoch"}
 
