@@ -87,6 +87,14 @@ def open_run(cfg: RunConfig, argv: list[str] | None = None, *, stages=(), strict
         yield Context(cfg=cfg, run=run, device=device, allow_pickle=allow_pickle, runner=runner)
 
 
+def setup(cfg: RunConfig, argv: list[str] | None = None, *, strict_keys: set[str] | None = None,
+          allow_pickle: bool = False) -> Context:
+    """``open_run`` for code that drives single stages itself (tests, notebooks): the same context, the
+    directory written the same way, but no lock is held afterwards and no stage is checked up front."""
+    with open_run(cfg, argv, strict_keys=strict_keys, allow_pickle=allow_pickle) as ctx:
+        return ctx
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
