@@ -91,8 +91,9 @@ def test_matvec_matches_explicit_hessian(cache):
 @pytest.mark.parametrize("fraction_of_all, cached_batches", [(2.5 / 3, 1), (1.0, 3), (0.2, 0)])
 def test_auto_cache_caches_what_fits_the_budget_and_recomputes_the_rest(fraction_of_all, cached_batches):
     net, batches = tiny_net(1), tiny_batches(sizes=(5, 5, 5))
-    first = HessianOperator(net, nn.functional.cross_entropy, batches).graph_bytes_first
-    budget = int(3 * first * fraction_of_all)
+    probe = HessianOperator(net, nn.functional.cross_entropy, batches)
+    per_batch = probe.graph_bytes_first - probe.gradient_bytes      # the gradients are held once
+    budget = probe.gradient_bytes + int(3 * per_batch * fraction_of_all)
     op = HessianOperator(net, nn.functional.cross_entropy, batches, memory_budget=budget)
     assert op.cached_batches == cached_batches and op.cached is (cached_batches == 3) and op.num_samples == 15
     assert f"caching {cached_batches} of 3 batch(es)" in op.cache_report

@@ -129,7 +129,7 @@ def _hessian_batches(ctx: Context, model: nn.Module, criterion, data: Data, load
     if size is None:
         probe = HessianOperator(model, criterion, [next(iter(loader))], device=ctx.device, memory_budget=budget,
                                 lean_graphs=s.lean_graphs)
-        per_sample = probe.graph_bytes_first / probe.local_count
+        per_sample = (probe.graph_bytes_first - probe.gradient_bytes) / probe.local_count
         del probe
         size = hessian_batch_size(per_sample, budget.bytes, samples)
         say(f"spectrum: Hessian batches of {size} samples per process (a gradient graph takes "

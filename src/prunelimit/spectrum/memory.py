@@ -120,11 +120,13 @@ class GraphMeter:
         self._seen: dict[int, int] = {}
         self._cuda = torch.device(device).type == "cuda"
         self.bytes = 0
+        self.gradient_bytes = 0   # the first-order gradients: one set however many batches are cached
 
     def add(self, tensors) -> None:
         """Count tensors kept outside the saved-tensor mechanism (the first-order gradients)."""
         for t in tensors:
             if isinstance(t, torch.Tensor):
+                self.gradient_bytes += t.numel() * t.element_size()
                 self._pack(t)
 
     def _pack(self, t: torch.Tensor):

@@ -192,13 +192,15 @@ class HessianOperator:
                              f"gave {type(loss).__name__} of shape {getattr(loss, 'shape', None)}")
         return loss.reshape(())
 
-    def _plan_cache(self, cache_graph: bool | str, first_bytes: int) -> int:
-        """How many batches to cache, from the measured graph size of the first batch."""
+    def _plan_cache(self, cache_graph: bool | str, first_bytes: int, gradient_bytes: int = 0) -> int:
+        """How many batches to cache, from the measured graph size of the first batch (``first_bytes``,
+        of which ``gradient_bytes`` are the summed gradients, held once for all cached batches)."""
         try:
             total = len(self.batches)
         except TypeError:
             total = None  # unknown length: keep room for one recomputed batch
-        budget = self.budget.bytes
+        first_bytes = max(first_bytes - gradient_bytes, 1)
+        budget = self.budget.bytes - gradient_bytes
         fits_all = total is not None and total * first_bytes <= budget
         if cache_graph is True:
             if not fits_all:
@@ -211,7 +213,7 @@ class HessianOperator:
             return total
         if fits_all:
             return total
-        return max(0, budget // max(first_bytes, 1) - 1)  # one batch's room for recomputing the others
+        return max(0, budget // first_bytes - 1)  # one batch's room for recomputing the others
 
     def _build(self, cache_graph: bool | str) -> None:
         """One pass over the data: count samples, check the loss, and cache the gradient graphs of as
@@ -222,7 +224,7 @@ class HessianOperator:
         grads: list[torch.Tensor | None] = [None] * len(self.params)
         count, loss_sum, bad_batch, sizes = 0, torch.zeros((), dtype=torch.float64), -1, []
         plan = 0 if cache_graph is False else None   # batches to cache (None: until batch 0 is measured)
-        self.graph_bytes_first = None
+        self.graph_bytes_first, self.gradient_bytes = None, 0
         with _eval_mode(self.model):
             for i, (x, y, n) in enumerate(self._batches("Hessian: caching gradient graphs"
                                                           if cache_graph is not False else "Hessian: checking loss")):
@@ -236,7 +238,8 @@ class HessianOperator:
                     grads = [a if b is None else b if a is None else a + b for a, b in zip(grads, g)]
                     if plan is None:
                         self.graph_bytes_first = meter.bytes
-                        plan = self._plan_cache(cache_graph, meter.bytes)
+                        self.gradient_bytes = meter.gradient_bytes
+                        plan = self._plan_cache(cache_graph, meter.bytes, meter.gradient_bytes)
                         if plan == 0:
                             grads = [None] * len(self.params)
                 else:
@@ -281,7 +284,8 @@ class HessianOperator:
     def _describe_cache(self) -> str:
         if self.budget is None:
             return f"Hessian: {self.num_batches} batch(es) recomputed in every HVP (cache_graph=false)"
-        per = format_bytes(self.graph_bytes_first or 0)
+        per = (f"{format_bytes(self.graph_bytes_first or 0)} (of which {format_bytes(self.gradient_bytes)} "
+               f"first-order gradients, held once)")
         return (f"Hessian: memory budget {self.budget}; gradient graph of batch 0 = {per}; caching "
                 f"{self.cached_batches} of {self.num_batches} batch(es), recomputing "
                 f"{self.num_batches - self.cached_batches} in every HVP")
