@@ -230,3 +230,18 @@ def test_15_apply_masks_without_masks_and_save_masks_to_a_directory(tmp_path):
     masks = global_magnitude_masks(model, 0.5)
     with pytest.raises(PrunelimitError, match="is a directory"):
         save_masks(tmp_path, masks)
+
+
+# polish: the density plot states its kernel and draws no floor plateau --------------------------------------
+def test_density_kernel_width_is_the_one_the_density_used(tmp_path):
+    from prunelimit.spectrum.density import default_sigma, spectral_density
+    from prunelimit.spectrum.plots import plot_density
+
+    nodes = torch.tensor([0.0, 0.2, 3.0], dtype=torch.float64)
+    weights = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    sigma = default_sigma(nodes)
+    assert sigma == pytest.approx(0.03)
+    grid, density = spectral_density(nodes, weights)
+    assert float(grid[0]) == pytest.approx(-5 * sigma) and float(grid[-1]) == pytest.approx(3.0 + 5 * sigma)
+    assert torch.equal(density, spectral_density(nodes, weights, sigma=sigma)[1])
+    assert plot_density(tmp_path / "d.png", grid, density, nodes, weights, sigma=sigma, title="t") is not None

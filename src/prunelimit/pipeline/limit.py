@@ -140,6 +140,7 @@ def _hessian_batches(ctx: Context, model: nn.Module, criterion, data: Data, load
 def spectrum_stage(ctx: Context, model: nn.Module, data: Data, get_op) -> dict:
     from prunelimit.spectrum import hessian_trace, memory_message, slq_spectrum, spectral_density, top_eigenvalues
     from prunelimit.spectrum.checkpoint import LanczosCheckpoint
+    from prunelimit.spectrum.density import default_sigma
     from prunelimit.spectrum.plots import plot_density
 
     cfg, out = ctx.cfg, ctx.run.sub(paths.LIMIT)
@@ -165,7 +166,8 @@ def spectrum_stage(ctx: Context, model: nn.Module, data: Data, get_op) -> dict:
     top = (top_eigenvalues(op, k, seed=seed, checkpoint=ckpt.child("top") if ckpt else None)[0]
            if k > 0 else torch.empty(0))
     trace, trace_err = hessian_trace(op, s.trace_samples, seed=seed) if s.trace_samples > 0 else (None, None)
-    grid, density = spectral_density(nodes, weights, sigma=s.density_sigma, num_points=s.density_points)
+    sigma = s.density_sigma or default_sigma(nodes)
+    grid, density = spectral_density(nodes, weights, sigma=sigma, num_points=s.density_points)
     result = {"dim": op.dim, "lanczos_iter": steps, "lanczos_num": s.lanczos_num,
               "nodes": nodes.tolist(), "weights": weights.tolist(),
               "top_eigenvalues": [float(x) for x in top], "trace": trace, "trace_stderr": trace_err,
@@ -173,7 +175,8 @@ def spectrum_stage(ctx: Context, model: nn.Module, data: Data, get_op) -> dict:
     if dist.is_main():
         write_json(out / paths.SPECTRUM_JSON, result)
         write_csv(out / paths.DENSITY_CSV, ["eigenvalue", "density"], zip(grid.tolist(), density.tolist()))
-        plot_density(out / paths.DENSITY_PNG, grid, density, nodes, weights)
+        plot_density(out / paths.DENSITY_PNG, grid, density, nodes, weights, sigma=sigma,
+                     title=f"{cfg.model.name} on {cfg.data.dataset}")
     ctx.runner.done(stage, {"dim": op.dim, "top_eigenvalue": result["top_eigenvalues"][:1]})
     if dist.is_main() and state_dir.exists():
         shutil.rmtree(state_dir)

@@ -28,6 +28,13 @@ def _gaussian_mixture(grid: torch.Tensor, nodes: torch.Tensor, weights: torch.Te
     return out
 
 
+def default_sigma(nodes) -> float:
+    """The density's default kernel std: 1 % of the node range (of max(|node|, 1) when all coincide)."""
+    nodes = _as_float64(nodes, "nodes")
+    lo, hi = nodes.min().item(), nodes.max().item()
+    return 0.01 * (hi - lo if hi > lo else max(abs(hi), 1.0))
+
+
 def spectral_density(nodes, weights, grid=None, *, sigma: float | None = None, num_points: int = 1000
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gaussian-kernel smoothing of the SLQ measure Σ w_i δ(λ − node_i).
@@ -40,8 +47,7 @@ def spectral_density(nodes, weights, grid=None, *, sigma: float | None = None, n
         raise PrunelimitError(f"nodes and weights must have the same length; got {nodes.numel()} and {weights.numel()}")
     lo, hi = nodes.min().item(), nodes.max().item()
     if sigma is None:
-        span = hi - lo if hi > lo else max(abs(hi), 1.0)
-        sigma = 0.01 * span
+        sigma = default_sigma(nodes)
     if not sigma > 0:
         raise PrunelimitError(f"density_sigma={sigma!r} must be positive (or None for 1% of the spectrum range)")
     if grid is None:

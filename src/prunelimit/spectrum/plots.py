@@ -29,8 +29,12 @@ def _save(fig, path) -> str | None:
     return os.fspath(path)
 
 
-def plot_density(path, grid, density, nodes, weights) -> str | None:
-    """Log-scale spectral density (like PyHessian's plot) above the SLQ nodes with their weights."""
+def plot_density(path, grid, density, nodes, weights, *, sigma: float | None = None,
+                 title: str | None = None) -> str | None:
+    """Log-scale spectral density (like PyHessian's plot) above the SLQ nodes with their weights.
+
+    ``sigma``: the Gaussian kernel's std, stated in the title. Below 1e-12 of the peak nothing is drawn
+    (a log axis cannot show zeros, and a clamped floor would look like data)."""
     grid, density = torch.as_tensor(grid).double(), torch.as_tensor(density).double()
     nodes, weights = torch.as_tensor(nodes).double(), torch.as_tensor(weights).double()
     fig, axes = _figure(2, 6.0)
@@ -38,10 +42,13 @@ def plot_density(path, grid, density, nodes, weights) -> str | None:
     positive = density[density > 0]
     # log scale cannot show exact zeros; below 1e-12 of the peak there is nothing to see but kernel tails
     floor = max(positive.min().item(), positive.max().item() * 1e-12) if positive.numel() else 1e-30
-    ax.semilogy(grid.numpy(), density.clamp_min(floor).numpy())
+    shown = torch.where(density >= floor, density, torch.full_like(density, float("nan")))  # gaps, not a plateau
+    ax.semilogy(grid.numpy(), shown.numpy())
     ax.set_ylim(bottom=floor)
     ax.set_ylabel("Density (Log Scale)")
-    ax.set_title("Hessian eigenvalue density (SLQ, Gaussian kernel)")
+    kernel = f"Gaussian kernel sigma = {sigma:.3g}" if sigma is not None else "Gaussian kernel"
+    ax.set_title((f"{title}\n" if title else "") + f"Hessian eigenvalue density (SLQ, {kernel})\n"
+                 f"(values below 1e-12 of the peak are not drawn)", fontsize=9)
     ax2 = axes[1, 0]
     keep = weights > 0
     ax2.vlines(nodes[keep].numpy(), weights[keep].min().item() if keep.any() else 1e-30,
