@@ -12,10 +12,11 @@ from prunelimit.spectrum.lanczos import (LanczosInfo, format_bytes, lanczos_trid
 from prunelimit.spectrum.memory import MemoryBudget, resolve_budget
 from prunelimit.spectrum.operator import HessianOperator, MatrixOperator, hessian_parameters
 from prunelimit.spectrum.plots import plot_density, plot_row_norms
+from prunelimit.spectrum.restricted import RestrictedOperator
 from prunelimit.spectrum.rows import RowNormResult, hessian_row_norms
 
 __all__ = [
-    "HessianOperator", "LanczosInfo", "MatrixOperator", "MemoryBudget", "RowNormResult",
+    "HessianOperator", "LanczosInfo", "MatrixOperator", "MemoryBudget", "RestrictedOperator", "RowNormResult",
     "SpectrumConfig", "format_bytes", "hessian_parameters", "hessian_row_norms", "hessian_trace",
     "lanczos_tridiagonal", "memory_estimate", "memory_message", "original_density", "plot_density",
     "plot_row_norms", "rademacher", "resolve_budget", "slq_spectrum", "spectral_density", "top_eigenvalues",
