@@ -148,3 +148,30 @@ def test_imagefolder_runs_through_prunelimit_run(tmp_path, capsys):
     result = json.loads((out / "limit" / "result.json").read_text())
     assert result["num_weights"] == 3 * 6 * 6 * 300 + 300 * 100 + 100 * 2      # input (3, 6, 6), 2 classes
     assert main(["report", str(out)]) == 0 and "loss convention: data loss" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("data_lines", ["dataset: arrays\n  data_path: mine.npz", "dataset: mine.npz",
+                                        "dataset: imagefolder\n  data_path: imgs\n  image_size: [8, 8]"])
+def test_download_is_refused_for_the_users_own_files(tmp_path, capsys, data_lines):
+    # these datasets are the user's files: download would be ignored, so config validation refuses it
+    (tmp_path / "c.yaml").write_text(f"data:\n  {data_lines}\n  download: true\n")
+    assert main(["validate", str(tmp_path / "c.yaml")]) != 0
+    captured = capsys.readouterr()
+    line = captured.out.strip()
+    assert "1 of 1 config" in captured.err
+    assert "'download' (data.download" in line and "remove download" in line and "\n" not in line
+    (tmp_path / "ok.yaml").write_text(f"data:\n  {data_lines}\n  download: false\n")
+    assert main(["validate", "--quiet", str(tmp_path / "ok.yaml")]) == 0
+    (tmp_path / "mnist.yaml").write_text("data:\n  dataset: mnist\n  download: true\n")
+    assert main(["validate", "--quiet", str(tmp_path / "mnist.yaml")]) == 0     # a dataset that downloads keeps it
+
+
+def test_download_is_refused_from_the_command_line_and_the_python_api(tmp_path, capsys):
+    digits_npz(tmp_path / "mine.npz")
+    for argv in (["run", f"data.dataset={tmp_path / 'mine.npz'}", "data.download=true"],
+                 ["prune", "--model", "fc_small", "--dataset", str(tmp_path / "mine.npz"), "--download"]):
+        assert main(argv + ["--out", str(tmp_path / "r"), "--no-progress"]) == 2
+        assert "data key 'download'" in capsys.readouterr().err
+        assert not (tmp_path / "r").exists()
+    with pytest.raises(ValueError, match="'arrays' is read from your own files"):
+        create_dataset("arrays", tmp_path / "mine.npz", train=True, download=True)

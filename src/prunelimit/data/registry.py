@@ -72,6 +72,8 @@ class DataConfig:
                                   f"got {self.image_size!r}")
         if self.image_size is not None:
             self.image_size = list(self.image_size)
+        if self.download:
+            refuse_download(self.dataset)
         unused = [k for k in self.options() if k not in _DATASETS.get(self.dataset, _NO_OPTIONS).options]
         if unused:
             takes = [n for n, e in _DATASETS.items() if e.options]
@@ -131,6 +133,15 @@ def register_dataset(info: DatasetInfo, *, describe: Callable[..., DatasetInfo] 
     return deco
 
 
+def refuse_download(name: str) -> None:
+    """Raise when ``download`` is asked of a dataset read from the user's own files (it would be ignored)."""
+    entry = _DATASETS.get(name)
+    if entry is not None and entry.describe is not None:
+        raise PrunelimitError(f"data key 'download' (data.download, --download) is true, but dataset {name!r} is "
+                              f"read from your own files at data_path and there is nothing to download; "
+                              f"remove download")
+
+
 def list_datasets() -> list[str]:
     """Registry names, smallest first."""
     return list(_DATASETS)
@@ -179,6 +190,8 @@ def create_dataset(name: str, root: str | os.PathLike | None = None, *, train: b
     if not isinstance(train, bool):
         raise PrunelimitError(f"create_dataset: train must be True or False, got {train!r}")
     entry = _DATASETS[canonical_name(name)]
+    if download:
+        refuse_download(entry.info.name)
     base = Path(DEFAULT_DATA_PATH if root is None else root).expanduser()
     return entry.factory(base, train, download=download, augment=augment, **_check_options(entry, options))
 
