@@ -89,3 +89,90 @@ def test_fundamental_limit_input_errors(tmp_path):
         pl.fundamental_limit(model, (x, y), (x, y), out=tmp_path, limit={"loss": "l2"})
     with pytest.raises(ValueError, match="nn.Module"):
         pl.fundamental_limit(lambda t: t, (x, y), (x, y), out=tmp_path)
+
+
+def one_hot_mse(output, target):
+    """A user's loss written by hand: MSE of the raw output against one-hot targets (= criterion "mse")."""
+    return ((output - nn.functional.one_hot(target, output.shape[1]).to(output.dtype)) ** 2).mean()
+
+
+@pytest.mark.parametrize("loss", ["regularized", pytest.param("data", marks=pytest.mark.slow)])
+def test_loss_fn_gives_the_same_limits_as_the_equivalent_builtin_criterion(tmp_path, loss):
+    # three routes to one loss: criterion="mse", loss_fn(output, target), pl.model_loss(fn(model, batch));
+    # predicted limit, epsilon, the Hessian's spectrum and every actual limit must agree
+    model, train, test = trained_digits_model()
+    short = {"limit": {"sweep_points": 60, "loss": loss}, "spectrum": SHORT["spectrum"]}
+    common = dict(l1_lambda=5e-4, show_progress=False, **short)
+    builtin = pl.fundamental_limit(model, train, test, out=tmp_path / "b", criterion="mse", **common)
+    by_output = pl.fundamental_limit(model, train, test, out=tmp_path / "o", loss_fn=one_hot_mse, **common)
+    by_model = pl.fundamental_limit(model, train, test, out=tmp_path / "m", **common,
+                                    loss_fn=pl.model_loss(lambda m, batch: one_hot_mse(m(batch[0]), batch[1])))
+    assert builtin["loss"] == loss and 0.0 < builtin["predicted"]["prune_fraction"] < 1.0
+    for got in (by_output, by_model):
+        assert got["eps"] == pytest.approx(builtin["eps"], rel=1e-5)
+        assert got["predicted"]["prune_fraction"] == pytest.approx(builtin["predicted"]["prune_fraction"], abs=1e-6)
+    for rule, v in builtin["actual"].items():
+        assert by_output["actual"][rule]["prune_fraction"] == v["prune_fraction"], rule
+    # model_loss computes the output itself, so there is no accuracy: only the loss rule has a limit
+    assert by_model["actual"]["loss_increase"]["prune_fraction"] == builtin["actual"]["loss_increase"]["prune_fraction"]
+    assert by_model["actual"]["above_baseline"]["prune_fraction"] is None
+    assert "accuracy" in by_model["actual"]["above_baseline"]["reason"]
+    spectra = [json.loads((tmp_path / d / "limit" / "spectrum.json").read_text()) for d in "bom"]
+    for s in spectra[1:]:
+        np.testing.assert_allclose(s["nodes"], spectra[0]["nodes"], rtol=1e-4, atol=1e-7)
+    assert "your loss_fn one_hot_mse" in (tmp_path / "o" / "config.yaml").read_text()
+
+
+def test_loss_fn_argument_errors(tmp_path):
+    model = nn.Linear(4, 3)
+    x, y = torch.randn(10, 4), torch.randint(0, 3, (10,))
+    with pytest.raises(ValueError, match="not both"):
+        pl.fundamental_limit(model, (x, y), (x, y), out=tmp_path, loss_fn=one_hot_mse, criterion="mse")
+    with pytest.raises(ValueError, match="loss_fn must be"):
+        pl.fundamental_limit(model, (x, y), (x, y), out=tmp_path, loss_fn="mse")
+    with pytest.raises(ValueError, match=r"same, non-zero first dimension; got \(10, 4\), \(9, 4\)"):
+        pl.fundamental_limit(model, ((x, x[:9]), y), (x, y), out=tmp_path, loss_fn=one_hot_mse)
+
+
+def test_tiny_gpt2_gets_predicted_and_actual_limits_from_its_loss(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=24, n_positions=12, n_embd=16, n_layer=1, n_head=2,
+                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = transformers.GPT2LMHeadModel(config)
+
+    def sequences(n, seed):   # counting sequences (t, t+1, ...) mod V from random starts: learnable
+        start = torch.randint(0, 24, (n, 1), generator=torch.Generator().manual_seed(seed))
+        return (start + torch.arange(10)) % 24
+
+    ids, test_ids = sequences(96, 0), sequences(32, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(60):   # a short training, so that pruning everything raises the loss
+        opt.zero_grad()
+        pl.causal_lm_loss(model(input_ids=ids[step % 3 * 32:][:32]), ids[step % 3 * 32:][:32]).backward()
+        opt.step()
+    with torch.no_grad():
+        dense_loss = float(pl.causal_lm_loss(model(input_ids=ids), ids))
+    assert dense_loss < 0.5 * np.log(24)
+    mask = torch.ones_like(ids)
+    result = pl.fundamental_limit(model, ({"input_ids": ids, "attention_mask": mask}, ids),
+                                  ({"input_ids": test_ids, "attention_mask": torch.ones_like(test_ids)}, test_ids),
+                                  loss_fn=pl.causal_lm_loss, batch_size=16, out=tmp_path, show_progress=False,
+                                  limit={"rule": "loss_increase", "sweep_points": 40},
+                                  spectrum={"lanczos_iter": 12, "trace_samples": 1, "top_k": 1})
+    assert 0.0 < result["predicted"]["prune_fraction"] < 1.0
+    assert 0.0 <= result["actual"]["loss_increase"]["prune_fraction"] < 1.0
+    for rule in ("above_baseline", "acc_drop"):
+        assert result["actual"][rule]["prune_fraction"] is None and "accuracy" in result["actual"][rule]["reason"]
+    print("gpt2 dense loss", dense_loss, "predicted", result["predicted"]["prune_fraction"], "actual",
+          result["actual"]["loss_increase"]["prune_fraction"], "eps", result["eps"])
+    rows = (tmp_path / "limit" / "sweep.csv").read_text().splitlines()
+    header, first = rows[0].split(","), rows[1].split(",")
+    assert float(first[header.index("train_data_loss")]) == pytest.approx(dense_loss, rel=1e-4)
+
+
+def test_one_training_batch_is_refused_before_any_work(tmp_path):
+    x, y = torch.randn(20, 4), torch.randint(0, 3, (20,))
+    with pytest.raises(ValueError, match="one batch of batch_size 128; pass a smaller batch_size="):
+        pl.fundamental_limit(nn.Linear(4, 3), (x, y), (x, y), out=tmp_path / "r")
+    assert not (tmp_path / "r").exists()

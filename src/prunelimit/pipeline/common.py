@@ -11,6 +11,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,6 +46,9 @@ class Context:
 
             self.runner = StageRunner(self.cfg, self.run)
     timings: dict = field(default_factory=dict)  # stage name -> wall seconds in this command (summary.json)
+    # the Python API's loss (pl.fundamental_limit(loss_fn=...)): loss_fn(output, target) or pl.model_loss(fn),
+    # used by the sweep, epsilon and the Hessian instead of cfg.train.criterion; never from a config file
+    loss_fn: Any = None
 
 
 @contextmanager
@@ -187,17 +191,17 @@ def eval_loader(cfg: RunConfig, dataset: Dataset, batch_size: int, device: torch
                         indices=range(dist.rank(), n, dist.world_size()), pin_memory=pin)
 
 
-def evaluator(cfg: RunConfig, loader: DataLoader, device: torch.device, num_classes: int, *,
-              with_l1: bool = True):
-    """``model -> metrics`` with the dense training's criterion (and its L1 term, as the limit paper's
-    sweep reports)."""
+def evaluator(cfg: RunConfig, loader: DataLoader, device: torch.device, num_classes: int | None, *,
+              with_l1: bool = True, loss_fn=None):
+    """``model -> metrics`` with the dense training's criterion, or ``loss_fn`` when given (and the L1
+    term, as the limit paper's sweep reports)."""
     from prunelimit.train import evaluate
 
     t = cfg.train
 
     def run(model: nn.Module) -> dict:
         return evaluate(model, loader, device=device, criterion=t.criterion, num_classes=num_classes,
-                        l1_lambda=t.l1_lambda if with_l1 else 0.0, l1_params=t.l1_params, show_progress=False)
+                        l1_lambda=t.l1_lambda if with_l1 else 0.0, l1_params=t.l1_params, show_progress=False, loss_fn=loss_fn)
 
     return run
 

@@ -46,8 +46,10 @@ def sweep_stage(ctx: Context, model: nn.Module, data: Data, ordering, epsilon=No
         say(f"sweep: {csv_path} was written before the data-loss columns existed; evaluating it again")
     ctx.runner.start(stage)
     bs = cfg.train.batch_size
-    test_eval = evaluator(cfg, eval_loader(cfg, data.test, bs, ctx.device), ctx.device, data.num_classes)
-    train_eval = (evaluator(cfg, eval_loader(cfg, data.train_eval, bs, ctx.device), ctx.device, data.num_classes)
+    test_eval = evaluator(cfg, eval_loader(cfg, data.test, bs, ctx.device), ctx.device, data.num_classes,
+                          loss_fn=ctx.loss_fn)
+    train_eval = (evaluator(cfg, eval_loader(cfg, data.train_eval, bs, ctx.device), ctx.device, data.num_classes,
+                            loss_fn=ctx.loss_fn)
                   if cfg.limit.sweep_train else None)
     lc = cfg.limit
     if lc.adaptive:
@@ -82,16 +84,19 @@ def hessian_setup(ctx: Context, model: nn.Module, data: Data):
     everywhere, so back-propagating it through every HVP only costs time). ``regularized``: the criterion
     plus lambda * ||theta||_1, as the original (same Hessian, and epsilon is unchanged by a constant shift)."""
     from prunelimit.spectrum import HessianOperator, resolve_budget
-    from prunelimit.train import l1_penalty, make_criterion
+    from prunelimit.train import l1_penalty, make_criterion, model_loss
+    from prunelimit.train.batches import ModelLoss
 
     cfg = ctx.cfg
-    loss_fn = make_criterion(cfg.train, data.num_classes)
+    loss_fn = ctx.loss_fn if ctx.loss_fn is not None else make_criterion(cfg.train, data.num_classes)
     t = cfg.train
     regularized = cfg.limit.loss == "regularized" and t.l1_lambda > 0
     regularizer = (lambda m: t.l1_lambda * l1_penalty(m, t.l1_params)) if regularized else None
     criterion = loss_fn
-    if regularized:
-        def loss_fn(output, target):   # noqa: F811 - the regularised per-batch loss, for epsilon
+    if regularized and isinstance(criterion, ModelLoss):   # the regularised per-batch loss, for epsilon
+        loss_fn = model_loss(lambda m, batch: criterion(m, batch) + regularizer(model))
+    elif regularized:
+        def loss_fn(output, target):   # noqa: F811
             return criterion(output, target) + regularizer(model)
     limit_batches = None if cfg.data.use_full_data else 1
     loader = eval_loader(cfg, data.train_eval, t.batch_size, ctx.device, limit_batches=limit_batches,
