@@ -69,3 +69,28 @@ def test_a_closed_pipe_exits_quietly():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141
     assert err == ""
+
+
+def test_a_collapsed_layer_is_named_in_one_warning_line(tmp_path, capsys):
+    # one kept weight of 1,056: fc2's init range is twice fc1's, so fc1 is pruned to 100 %
+    assert main(["prune", "--model", "tiny_mlp", "--input-shape", "1,8,8", "--num-classes", "2",
+                 "--sparsity", "0.999", "--out", str(tmp_path / "p"), "--no-progress"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    collapse = [line for line in err if "layer collapse" in line]
+    assert len(collapse) == 1 and collapse[0].startswith("warning: GP at sparsity 0.999 prunes 1 layer(s) "
+                                                          "entirely") and "fc1.weight" in collapse[0], err
+    assert not any("UserWarning" in line for line in err), err
+
+
+def test_warnings_from_other_libraries_keep_their_file_and_category(monkeypatch, capsys):
+    import warnings
+
+    def third_party(args, argv):
+        warnings.warn("a third-party notice", UserWarning)  # raised from this test file, outside prunelimit
+        return 0
+
+    monkeypatch.setitem(commands.COMMANDS, "ls", third_party)
+    with pytest.warns(UserWarning, match="a third-party notice") as caught:  # handed on to Python's machinery
+        assert main(["ls"]) == 0
+    assert [w.filename for w in caught] == [__file__]
+    assert "warning: a third-party notice" not in capsys.readouterr().err

@@ -8,18 +8,7 @@ from torch.nn.utils import prune
 
 import prunelimit as pl
 from prunelimit.pruning.report import _pack, _unpack
-
-
-class TiedLM(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.wte = nn.Embedding(11, 6)
-        self.fc = nn.Linear(6, 6)
-        self.head = nn.Linear(6, 11, bias=False)
-        self.head.weight = self.wte.weight
-
-    def forward(self, ids):
-        return self.head(torch.relu(self.fc(self.wte(ids))))
+from helpers import TiedLM
 
 
 def test_torch_prune_round_trip_both_ways_tied_included():

@@ -75,11 +75,8 @@ def finite_difference_hvp(model, case, params, v, h=1e-5):
     return (grad_at(1) - grad_at(-1)) / (2 * h)
 
 
-# Every model plain; wrapped (the same checks again through the wrapper's names) for the ones whose
-# wrapping adds something new — tied weights, keyword inputs, every conv type; the rest are marked slow.
-FAST_WRAPPED = {"gpt2", "bert", "every_conv"}
-CASES = [pytest.param(name, wrapper, marks=() if wrapper == "plain" or name in FAST_WRAPPED else pytest.mark.slow)
-         for name in BUILDERS for wrapper in WRAPPERS]
+# Every model, plain and through every wrapper (the same checks again through the wrapper's names).
+CASES = [(name, wrapper) for name in BUILDERS for wrapper in WRAPPERS]
 
 
 @pytest.mark.parametrize("name, wrapper", CASES)

@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
-from prunelimit.cli.main import main
 from prunelimit.config import load_config
+from helpers import cli, one_error as one_error_line
 
 
 class _CreatesMarker:
@@ -37,16 +37,6 @@ def evil_checkpoint(tmp_path, marker):
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": {}, "payload": _CreatesMarker(marker)}, path)
     return path
-
-
-def cli(*args) -> int:
-    return main([str(a) for a in args])
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
 
 
 @pytest.fixture

@@ -13,22 +13,12 @@ import torch
 import yaml
 
 from prunelimit import apply_masks, create_model, global_magnitude_masks, min_threshold_masks, save_masks
-from prunelimit.cli.main import main
 from prunelimit.config import ConfigError, load_config
 from prunelimit.errors import PrunelimitError
+from helpers import cli, one_error
 
 TINY_LIMIT = ["pipeline=limit", "train.epochs=2", "spectrum.lanczos_iter=8", "spectrum.trace_samples=0",
               "spectrum.top_k=1", "limit.sweep_points=40"]
-
-
-def cli(*args) -> int:
-    return main([str(a) for a in args])
-
-
-def one_error(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
 
 
 def write_yaml(tmp_path, data, name="c.yaml") -> Path:

@@ -3,24 +3,18 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
 from prunelimit.runs.io import read_csv
+from helpers import free_port
 
 pytestmark = pytest.mark.distributed
 
 SMALL = ["limit.sweep_points=40", "spectrum.lanczos_iter=16", "spectrum.trace_samples=2", "spectrum.top_k=2",
          "--no-progress"]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cli(*args, nproc: int = 1):

@@ -14,23 +14,13 @@ import torch
 import yaml
 
 from prunelimit import global_magnitude_masks, load_masks, save_masks
-from prunelimit.cli.main import main
 from prunelimit.config import load_config
 from prunelimit.errors import PrunelimitError
 from prunelimit.pipeline.stages import Stage, StageRunner, file_digest
 from prunelimit.runs.rundir import RunDir
+from helpers import cli, one_error
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-
-
-def cli(*args) -> int:
-    return main([str(a) for a in args])
-
-
-def one_error(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from prunelimit.pruning import prunable_parameters
 from prunelimit.pruning.coverage import collapsed_layers, coverage
 from prunelimit.pruning.names import canonical_masks, unwrap_model
 from prunelimit.pruning.prunable import register_prunable_layer, _LAYER_TYPES
+from helpers import TiedLM
 
 
 class AllConvs(nn.Module):
@@ -57,18 +58,6 @@ def test_transformers_conv1d_is_recognised_by_name_and_types_can_be_registered()
         del _LAYER_TYPES[n_types:]
     with pytest.raises(ValueError, match="layer_type must be"):
         register_prunable_layer(3)
-
-
-class TiedLM(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.wte = nn.Embedding(11, 6)
-        self.fc = nn.Linear(6, 6)
-        self.head = nn.Linear(6, 11, bias=False)
-        self.head.weight = self.wte.weight  # GPT-2 style tying
-
-    def forward(self, ids):
-        return self.head(torch.relu(self.fc(self.wte(ids))))
 
 
 def test_tied_embedding_stays_out_by_default_and_is_one_parameter_when_included():

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import socket
 
 import pytest
 import torch
@@ -10,14 +9,9 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 from torch import nn
 from torch.func import functional_call
+from helpers import free_port as _free_port
 
 pytestmark = [pytest.mark.distributed]  # ~10-15 s: two fresh interpreters import torch
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _setup():

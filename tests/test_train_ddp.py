@@ -3,7 +3,6 @@
 One module-scoped start of the processes runs every scenario; the tests read what the ranks reported.
 """
 import os
-import socket
 import time
 
 import pytest
@@ -12,6 +11,7 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from helpers import free_port as _free_port
 
 pytestmark = pytest.mark.distributed
 WORLD = 2
@@ -81,12 +81,6 @@ def _worker(rank, port, tmp):
         out["mismatch"] = str(e)
     torch.save(out, f"{tmp}/rank{rank}.pt")
     tdist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

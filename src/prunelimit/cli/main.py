@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 
 from prunelimit.cli import commands
 from prunelimit.errors import PrunelimitError
@@ -169,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     in_main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
     previous_term = signal.signal(signal.SIGTERM, _terminated) if in_main_thread else None
+    previous_show = warnings.showwarning
+    warnings.showwarning = _one_line_warnings(previous_show)
     try:
         rc = commands.dispatch(args, argv) or 0
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below, not at interpreter exit
@@ -188,11 +191,28 @@ def main(argv: list[str] | None = None) -> int:
               "line and the traceback above", file=sys.stderr)
         return 1
     finally:
+        warnings.showwarning = previous_show
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous_term)
         from prunelimit import dist
 
         dist.shutdown()
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _one_line_warnings(previous):
+    """``warnings.showwarning`` for the command line: prunelimit's own warnings (layer collapse, skipped weights,
+    ...) read as one ``warning: ...`` line; a third-party library's go to ``previous`` (Python's usual
+    ``file:line: Category:`` form)."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep):
+            print(f"warning: {message}", file=sys.stderr if file is None else file)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    return show
 
 
 class Terminated(BaseException):
