@@ -7,6 +7,7 @@ Per method directory (``gp/``, ``gp_mt/``): ``prune_log.csv`` (GP, as the origin
 from __future__ import annotations
 
 import copy
+import warnings
 import dataclasses
 from pathlib import Path
 
@@ -29,11 +30,16 @@ def compute_masks(model: nn.Module, method: str, sparsity: float, prune_cfg) -> 
     from prunelimit.pruning import global_magnitude_masks, min_threshold_plan_and_masks
 
     kw = dict(include=prune_cfg.include, exclude=prune_cfg.exclude)
-    gp_masks = global_magnitude_masks(model, sparsity, rule=prune_cfg.rule, **kw)
     if method == "gp":
+        gp_masks = global_magnitude_masks(model, sparsity, rule=prune_cfg.rule, **kw)
         return gp_masks, gp_masks, None
+    # MT first, so an infeasible floor is refused before anything else is computed or said
     plan, masks = min_threshold_plan_and_masks(model, sparsity, prune_cfg.min_threshold or 0.0,
                                                mode=prune_cfg.mt_mode, **kw)
+    with warnings.catch_warnings():
+        # plain GP is only the reference row of prune_log.csv here; a layer it would collapse is kept by the floor
+        warnings.simplefilter("ignore", UserWarning)
+        gp_masks = global_magnitude_masks(model, sparsity, rule=prune_cfg.rule, **kw)
     return masks, gp_masks, plan
 
 
