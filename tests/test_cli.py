@@ -235,3 +235,22 @@ def test_run_embedded_default_small(tmp_path, capsys):
     # the same directory with a different fine-tuning recipe is refused, naming the key, not silently reused
     assert run_cli(*args, "finetune.lr=0.5") == 2
     assert "finetune.lr: 0.002 -> 0.5" in capsys.readouterr().err
+
+
+def test_prune_summary_reports_size_and_compute_from_the_saved_masks(tmp_path, capsys):
+    out = tmp_path / "p"
+    assert run_cli("prune", "--model", "tiny_mlp", "--input-shape", "1,8,8", "--num-classes", "2", "--sparsity", "0.9",
+                   "--min-threshold", "5", "--out", out, "--no-progress") == 0
+    masks = load_masks(out / "gp_mt" / "weight_mask.safetensors")
+    model = create_model("tiny_mlp", num_classes=2, input_shape=(1, 8, 8))
+    n_params = sum(p.numel() for p in model.parameters())
+    pruned = sum(int((~m).sum()) for m in masks.values())
+    # tiny_mlp: 64 -> 16 -> 2; one example costs one MAC per weight, the pruned ones none
+    dense_macs = 64 * 16 + 16 * 2
+    size = json.loads((out / "summary.json").read_text())["gp"]["gp_mt"]["size_and_compute"]
+    assert size["params"] == n_params and size["nonzeros"] == n_params - pruned
+    assert size["dense_macs"] == dense_macs and size["sparse_macs"] == dense_macs - pruned
+    line = [s for s in capsys.readouterr().out.splitlines() if s.startswith("  GP+MT size and compute:")]
+    assert line == [f"  GP+MT size and compute: {n_params - pruned:,} of {n_params:,} parameters non-zero; theoretical "
+                    f"speed-up {dense_macs / (dense_macs - pruned):.2f}x, {size['bytes_dense']:,} bytes dense, "
+                    f"{size['bytes_compressed']:,} compressed"]

@@ -11,6 +11,7 @@ import warnings
 import dataclasses
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from prunelimit.runs import paths
@@ -157,6 +158,7 @@ def run_gp(ctx: Context, dense: nn.Module, dense_record: dict, data: Data | None
     results = {}
     for method in methods:
         model, masks, record = prune_method(ctx, dense, data, method, sparsity, pre_acc)
+        record = {**record, "size_and_compute": size_and_compute(ctx, dense, data, method)}
         if cfg.gp.finetune and data is not None and cfg.finetune.epochs > 0:
             out = ctx.run.sub(method)
             stage = finetune_stage(cfg, method, masks=out / MASK_FILE, weights=out / PRUNED_FILE, method_dir=out,
@@ -165,6 +167,25 @@ def run_gp(ctx: Context, dense: nn.Module, dense_record: dict, data: Data | None
                                                             METHOD_TITLES[method], pre_acc)}
         results[method] = record
     return results
+
+
+def size_and_compute(ctx: Context, dense: nn.Module, data: Data | None, method: str) -> dict:
+    """The sparsity report of one pruned method (MACs from one zero example of the input shape, when known)."""
+    from prunelimit.pruning import load_masks, sparsity_report
+
+    cfg = ctx.cfg
+    masks = load_masks(ctx.run.path / method / MASK_FILE)
+    shape = cfg.model.input_shape or (data.test[0][0].shape if data is not None else None)
+    first = next(dense.parameters())
+    example = torch.zeros(1, *shape, dtype=first.dtype, device=first.device) if shape is not None else None
+    rep = sparsity_report(dense, masks, example)
+    say(f"{METHOD_TITLES.get(method, method)} size and compute:\n{rep.format(max_layers=8)}")
+    if example is None:
+        say("  multiply-adds not measured: give --input-shape C,H,W (or --dataset) for the example input")
+    return {"params": rep.params, "nonzeros": rep.nonzeros, "dense_macs": rep.dense_macs if example is not None
+            else None, "sparse_macs": rep.sparse_macs if example is not None else None,
+            "speedup": rep.speedup if example is not None else None, "bytes_dense": rep.bytes_dense,
+            "bytes_compressed": rep.bytes_compressed}
 
 
 def _fit_min_threshold(ctx: Context, model: nn.Module, sparsity: float):

@@ -36,34 +36,12 @@ def _prune(ctx: Context, start: float) -> dict:
 
     say(coverage(model, cfg.prune.include, cfg.prune.exclude).format())
     results = run_gp(ctx, model, record, data, cfg.prune.sparsity)
-    for method in results:
-        results[method]["size_and_compute"] = _report_method(ctx, cfg, model, data, method)
     summary = {"pipeline": "prune", "run_dir": str(ctx.run.path), "model": cfg.model.name,
                "dataset": cfg.data.dataset if cfg.data else None, "dense": record,
                "sparsity": cfg.prune.sparsity, "gp": results, "seconds": round(time.time() - start, 1)}
     write_summary(ctx.run.path, summary)
     print_summary(summary)
     return summary
-
-
-def _report_method(ctx: Context, cfg: RunConfig, dense, data, method: str) -> dict:
-    """The sparsity report of one pruned method (MACs from one zero example of the input shape, when known)."""
-    import torch
-
-    from prunelimit.pruning import load_masks, sparsity_report
-
-    masks = load_masks(ctx.run.path / method / MASK_FILE)
-    shape = cfg.model.input_shape or (data.test[0][0].shape if data is not None else None)
-    first = next(dense.parameters())
-    example = torch.zeros(1, *shape, dtype=first.dtype, device=first.device) if shape is not None else None
-    rep = sparsity_report(dense, masks, example)
-    say(f"{METHOD_TITLES.get(method, method)} size and compute:\n{rep.format(max_layers=8)}")
-    if example is None:
-        say("  multiply-adds not measured: give --input-shape C,H,W (or --dataset) for the example input")
-    return {"params": rep.params, "nonzeros": rep.nonzeros, "dense_macs": rep.dense_macs if example is not None
-            else None, "sparse_macs": rep.sparse_macs if example is not None else None,
-            "speedup": rep.speedup if example is not None else None, "bytes_dense": rep.bytes_dense,
-            "bytes_compressed": rep.bytes_compressed}
 
 
 def locate_pruned_run(run_dir: Path, method: str | None) -> tuple[Path, Path, str]:

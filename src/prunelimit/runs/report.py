@@ -40,8 +40,10 @@ def _limit_lines(lim: dict) -> list[str]:
         lines.append(f"    (no prediction: {pred['reason']})")
     for rule, v in actual.items():
         if v.get("prune_fraction") is None and v.get("reason"):
-            lines.append(f"    ({rule}, {v.get('reading')}: no limit - {v['reason']})")
-    others = [f"{rule} read as {rd}: {_frac(o.get('prune_fraction')) if o.get('prune_fraction') is not None else 'none'}" for rule, v in actual.items()
+            title = rule_title(rule, v.get("reading") or DEFAULT_READING.get(rule), delta=delta, loss=loss)
+            lines.append(f"    ({title}: no limit - {v['reason']})")
+    others = [f"{rule_title(rule, rd, delta=delta, loss=loss)}: "
+              f"{'none' if o.get('prune_fraction') is None else _frac(o['prune_fraction'])}" for rule, v in actual.items()
               for rd, o in (v.get("readings") or {}).items()
               if rd != v.get("reading") and o.get("prune_fraction") != v.get("prune_fraction")]
     if others:
@@ -85,6 +87,12 @@ def summary_lines(s: dict) -> list[str]:
                 parts = [f"{g} {v['sparsity']:.3f}" for g, v in list(groups.items())[:8]]
                 more = " ..." if len(groups) > 8 else ""
                 lines.append(f"  {TITLES.get(m, m)} sparsity by layer group: {', '.join(parts)}{more}")
+            size = r.get("size_and_compute") or {}
+            if size:
+                speed = f"theoretical speed-up {size['speedup']:.2f}x, " if size.get("speedup") else ""
+                lines.append(f"  {TITLES.get(m, m)} size and compute: {size['nonzeros']:,} of {size['params']:,} "
+                             f"parameters non-zero; {speed}{size['bytes_dense']:,} bytes dense, "
+                             f"{size['bytes_compressed']:,} compressed")
             if r.get("clamped_layers"):
                 lines.append(f"  {TITLES.get(m, m)} layers clamped by the MT floor ({r.get('floor')} weights): "
                              f"{', '.join(r['clamped_layers'][:6])}{' ...' if len(r['clamped_layers']) > 6 else ''}")
