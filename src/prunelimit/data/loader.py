@@ -100,11 +100,11 @@ def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
         loader.generator.manual_seed(seed + epoch)
 
 
-class _WholeBatch(Dataset):
-    """An ``ImageTensorDataset`` read one batch at a time: ``__getitems__`` returns ``[(x (B,C,H,W), y (B,))]``
-    and ``_first`` unpacks it, skipping ``default_collate``'s per-sample stacking."""
+class _BatchReader(Dataset):
+    """A dataset read one batch at a time: ``__getitems__`` returns ``[(x (B, ...), y (B,))]`` and ``_first``
+    unpacks it, skipping ``default_collate``'s per-sample stacking. Single items read through unchanged."""
 
-    def __init__(self, dataset: ImageTensorDataset):
+    def __init__(self, dataset: Dataset):
         self.dataset = dataset
 
     def __len__(self) -> int:
@@ -112,6 +112,10 @@ class _WholeBatch(Dataset):
 
     def __getitem__(self, index: int):
         return self.dataset[index]
+
+
+class _WholeBatch(_BatchReader):
+    """An ``ImageTensorDataset`` read one batch at a time (normalised, augmented per sample when configured)."""
 
     def __getitems__(self, indices):
         d = self.dataset
@@ -122,17 +126,8 @@ class _WholeBatch(Dataset):
         return [((x - d.mean) / d.std, d.labels[idx])]
 
 
-class _TensorBatch(Dataset):
+class _TensorBatch(_BatchReader):
     """A two-tensor ``TensorDataset`` (the user's own ``(inputs, targets)``) read one batch at a time."""
-
-    def __init__(self, dataset: TensorDataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        return self.dataset[index]
 
     def __getitems__(self, indices):
         idx = torch.as_tensor(indices, dtype=torch.int64)
