@@ -116,7 +116,7 @@ def finetune_method(ctx: Context, model: nn.Module, masks: dict, data: Data, out
     from prunelimit.pruning import count_nonzero_pruned
     from prunelimit.train import train
 
-    cfg, run = ctx.cfg, ctx.run
+    cfg = ctx.cfg
     done = ctx.runner.check(stage)
     if done is not None:
         say(f"{title}: fine-tuning finished earlier (best top-1 {done['best_top1']:.2f} %)")
@@ -158,7 +158,7 @@ def run_gp(ctx: Context, dense: nn.Module, dense_record: dict, data: Data | None
     results = {}
     for method in methods:
         model, masks, record = prune_method(ctx, dense, data, method, sparsity, pre_acc)
-        record = {**record, "size_and_compute": size_and_compute(ctx, dense, data, method)}
+        record = {**record, "size_and_compute": size_and_compute(ctx, dense, data, method, masks)}
         if cfg.gp.finetune and data is not None and cfg.finetune.epochs > 0:
             out = ctx.run.sub(method)
             stage = finetune_stage(cfg, method, masks=out / MASK_FILE, weights=out / PRUNED_FILE, method_dir=out,
@@ -169,22 +169,21 @@ def run_gp(ctx: Context, dense: nn.Module, dense_record: dict, data: Data | None
     return results
 
 
-def size_and_compute(ctx: Context, dense: nn.Module, data: Data | None, method: str) -> dict:
+def size_and_compute(ctx: Context, dense: nn.Module, data: Data | None, method: str, masks: dict) -> dict:
     """The sparsity report of one pruned method (MACs from one zero example of the input shape, when known)."""
-    from prunelimit.pruning import load_masks, sparsity_report
+    from prunelimit.pruning import sparsity_report
 
-    cfg = ctx.cfg
-    masks = load_masks(ctx.run.path / method / MASK_FILE)
-    shape = cfg.model.input_shape or (data.test[0][0].shape if data is not None else None)
+    shape = ctx.cfg.model.input_shape or (data.test[0][0].shape if data is not None else None)
     first = next(dense.parameters())
     example = torch.zeros(1, *shape, dtype=first.dtype, device=first.device) if shape is not None else None
     rep = sparsity_report(dense, masks, example)
     say(f"{METHOD_TITLES.get(method, method)} size and compute:\n{rep.format(max_layers=8)}")
-    if example is None:
+    measured = example is not None
+    if not measured:
         say("  multiply-adds not measured: give --input-shape C,H,W (or --dataset) for the example input")
-    return {"params": rep.params, "nonzeros": rep.nonzeros, "dense_macs": rep.dense_macs if example is not None
-            else None, "sparse_macs": rep.sparse_macs if example is not None else None,
-            "speedup": rep.speedup if example is not None else None, "bytes_dense": rep.bytes_dense,
+    return {"params": rep.params, "nonzeros": rep.nonzeros,
+            "dense_macs": rep.dense_macs if measured else None, "sparse_macs": rep.sparse_macs if measured else None,
+            "speedup": rep.speedup if measured else None, "bytes_dense": rep.bytes_dense,
             "bytes_compressed": rep.bytes_compressed}
 
 
