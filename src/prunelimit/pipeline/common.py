@@ -21,7 +21,6 @@ from torch.utils.data import DataLoader, Dataset
 from prunelimit import dist
 from prunelimit.config.build import to_dict
 from prunelimit.config.schema import RunConfig
-from prunelimit.runs.io import make_dirs
 from prunelimit.runs.rundir import RunDir
 from prunelimit.errors import PrunelimitError
 

@@ -278,8 +278,8 @@ def limit_stage(ctx: Context, model: nn.Module, data: Data, ordering, rows: list
     bound = None
     if spectrum.get("trace") is not None:   # spectrum-free lower bound from Tr H (limit/trace_bound.py)
         bound = trace_bound_limit(spectrum["trace"], spectrum["dim"], eps, ordering, integer_R=lc.integer_R)
-        say(f"trace bound (Jensen, derived in this project, not the paper; a lower bound on the predicted "
-            f"limit when H is PSD): " + (f"p >= {bound.limit:.4f}" if bound.limit is not None else bound.reason))
+        say("trace bound (Jensen, derived in this project, not the paper; a lower bound on the predicted "
+            "limit when H is PSD): " + (f"p >= {bound.limit:.4f}" if bound.limit is not None else bound.reason))
     base = rows[0]
     limits = rule_limits(rows, baseline=base["test_acc"], delta=lc.delta, epsilon=eps, loss=lc.loss)
     result = build_result(prediction, limits, rule=lc.rule, reading=lc.reading, loss=lc.loss, ordering=ordering,

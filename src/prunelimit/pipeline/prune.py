@@ -69,7 +69,6 @@ def finetune_command(cfg: RunConfig, argv: list[str], *, method: str, method_dir
 
     ``cfg.out`` is the run directory; ``method_dir`` its folder for this model (``gp/``, ``gp_mt/``, or
     ``finetune/`` for files given by path). ``allow_pickle``: this command line's opt-in to unpickling."""
-    from prunelimit.pruning import check_masks_fit, load_legacy_mask_npy, load_masks
 
     run_dir = default_out(cfg)
     if cfg.data is None:

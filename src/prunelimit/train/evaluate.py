@@ -10,8 +10,6 @@ all-reduced, so every rank returns the same numbers as one process on the whole 
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
