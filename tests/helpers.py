@@ -1,4 +1,4 @@
-"""Helpers shared by several test files (imported as ``from helpers import ...``; pytest puts tests/ on the path)."""
+"""Helpers shared by several test folders (``from helpers import ...``; tests/conftest.py puts tests/ on the path)."""
 from __future__ import annotations
 
 import socket

@@ -13,7 +13,7 @@ from prunelimit.data import registry
 from prunelimit.data.digits import DIGITS_MEAN, DIGITS_STD, digits_split
 from prunelimit.errors import PrunelimitError
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def test_digits_constants_match_the_split_they_describe():

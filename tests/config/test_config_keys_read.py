@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prunelimit.config.schema import SECTIONS, RunConfig
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "prunelimit"
+SRC = Path(__file__).resolve().parents[2] / "src" / "prunelimit"
 
 
 def _outside_validation(tree: ast.AST):

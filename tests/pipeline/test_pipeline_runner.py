@@ -20,7 +20,7 @@ from prunelimit.pipeline.stages import Stage, StageRunner, file_digest
 from prunelimit.runs.rundir import RunDir
 from helpers import cli, one_error
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from prunelimit.data import UnsafePickleError
 from prunelimit.runs.checkpoint import CheckpointError
 from prunelimit.train.loop import TrainingDiverged
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 @pytest.mark.parametrize("cls", [ConfigError, CheckpointError, UnsafePickleError, TrainingDiverged])
