@@ -99,7 +99,8 @@ def test_float32_ritz_values_match_a_float64_reference_on_the_explicit_hessian(c
 def test_float32_lanczos_at_scale_matches_float64_lanczos_on_the_same_matrix():
     """A diagonal operator with 2 M entries and well-separated outliers whose directions start with a
     7e-4 component: the float32 run's top Ritz values equal those of the same run in float64 to 1e-6
-    relative (the issue asks 1e-5; float32 accumulation in the dot products or projections gives 1e-5)."""
+    relative (the issue asks 1e-5). Measured: 2.6e-7 with the blocked float32 projections (16 384-entry
+    blocks summed in float64), 1e-6 with 65 536-entry blocks, 1e-4 with one unblocked float32 GEMV."""
     dim, steps = 2_000_000, 20
     gen = torch.Generator().manual_seed(0)
     diagonal = torch.rand(dim, generator=gen, dtype=torch.float64) * 2 - 0.5
