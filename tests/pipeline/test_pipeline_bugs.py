@@ -125,15 +125,16 @@ def test_8_train_workers_is_gone_and_data_workers_is_the_key():
 def test_8_original_density_kernel_changes_the_width_measure():
     from prunelimit.config import load_config as lc
     from prunelimit.pipeline.limit import width_measure
+    from prunelimit.pipeline.results import SpectrumResult
     from prunelimit.spectrum.density import original_density
 
-    spectrum = {"nodes": [0.0, 0.5, 1.0, 2.0], "weights": [0.4, 0.3, 0.2, 0.1], "lanczos_num": 1}
+    spectrum = SpectrumResult(nodes=(0.0, 0.5, 1.0, 2.0), weights=(0.4, 0.3, 0.2, 0.1), lanczos_num=1)
     nodes, weights = width_measure(lc("default").spectrum, spectrum)
-    assert nodes.tolist() == spectrum["nodes"] and weights.tolist() == spectrum["weights"]
+    assert tuple(nodes.tolist()) == spectrum.nodes and tuple(weights.tolist()) == spectrum.weights
     orig = lc("default", ["spectrum.density_kernel=original"]).spectrum
     grid, density = width_measure(orig, spectrum)
-    g2, d2 = original_density(torch.tensor(spectrum["nodes"], dtype=torch.float64),
-                              torch.tensor(spectrum["weights"], dtype=torch.float64))
+    g2, d2 = original_density(torch.tensor(spectrum.nodes, dtype=torch.float64),
+                              torch.tensor(spectrum.weights, dtype=torch.float64))
     assert torch.equal(grid, g2) and torch.equal(density, d2) and grid.numel() == 100_000
 
 

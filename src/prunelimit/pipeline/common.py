@@ -38,16 +38,17 @@ class Context:
     device: torch.device
     allow_pickle: bool = False  # this command line's --allow-pickle; never read from or written to a file
     runner: "StageRunner | None" = None  # skip / resume / refuse for every stage (pipeline/stages.py)
+    command: str = "run"        # the CLI command ("run", "prune", "finetune"), for hints on how to redo a stage
+    timings: dict = field(default_factory=dict)  # stage name -> wall seconds in this command (summary.json)
+    # the Python API's loss (pl.fundamental_limit(loss_fn=...)): loss_fn(output, target) or pl.model_loss(fn),
+    # used by the sweep, epsilon and the Hessian instead of cfg.train.criterion; never from a config file
+    loss_fn: Any = None
 
     def __post_init__(self):
         if self.runner is None:
             from prunelimit.pipeline.stages import StageRunner
 
             self.runner = StageRunner(self.cfg, self.run)
-    timings: dict = field(default_factory=dict)  # stage name -> wall seconds in this command (summary.json)
-    # the Python API's loss (pl.fundamental_limit(loss_fn=...)): loss_fn(output, target) or pl.model_loss(fn),
-    # used by the sweep, epsilon and the Hessian instead of cfg.train.criterion; never from a config file
-    loss_fn: Any = None
 
 
 @contextmanager
@@ -66,7 +67,7 @@ def default_out(cfg: RunConfig) -> Path:
 
 @contextlib.contextmanager
 def open_run(cfg: RunConfig, argv: list[str] | None = None, *, stages=(), strict_keys: set[str] | None = None,
-             allow_pickle: bool = False):
+             allow_pickle: bool = False, command: str = "run"):
     """The run directory for one command, as a context: initialise torchrun (if launched by it), pick the
     device, seed, lock the directory, check every stage in ``stages`` against what the directory already
     holds, and only then write ``config.yaml`` and ``environment.json``: a refused command writes nothing
@@ -87,7 +88,7 @@ def open_run(cfg: RunConfig, argv: list[str] | None = None, *, stages=(), strict
         runner.preflight(list(stages))
         run.write_config(to_dict(cfg), strict_keys=strict_keys)
         run.write_environment(argv)
-        yield Context(cfg=cfg, run=run, device=device, allow_pickle=allow_pickle, runner=runner)
+        yield Context(cfg=cfg, run=run, device=device, allow_pickle=allow_pickle, runner=runner, command=command)
 
 
 def setup(cfg: RunConfig, argv: list[str] | None = None, *, strict_keys: set[str] | None = None,

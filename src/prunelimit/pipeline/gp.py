@@ -16,7 +16,8 @@ from torch import nn
 
 from prunelimit.runs import paths
 from prunelimit import dist
-from prunelimit.pipeline.stages import Stage, finetune_stage, prune_stage
+from prunelimit.pipeline.results import DenseResult, FinetuneResult, LayerGroup, PruneResult, SizeAndCompute
+from prunelimit.pipeline.stages import Stage, StageUnit, finetune_stage, prune_stage
 from prunelimit.pipeline.common import Context, Data, eval_loader, evaluator, group_name, say, train_loader
 from prunelimit.runs.io import atomic_torch_save
 from prunelimit.runs.prune_logs import write_layer_sparsities, write_prune_log
@@ -44,106 +45,124 @@ def compute_masks(model: nn.Module, method: str, sparsity: float, prune_cfg) -> 
     return masks, gp_masks, plan
 
 
-def prune_method(ctx: Context, dense: nn.Module, data: Data | None, method: str, sparsity: float,
-                 pre_acc: float | None) -> tuple[nn.Module, dict, dict]:
-    """Prune a copy of ``dense``; write the logs, pruned model and mask. Returns (model, masks, record)."""
-    from prunelimit.pruning import apply_masks, load_masks, mask_sparsity, save_masks
+class PruneStage(StageUnit):
+    """Stage ``<method>_prune``: prune a copy of ``dense`` at ``sparsity``; write the logs, the pruned model
+    and the mask. ``self.model`` / ``self.masks`` hold the pruned model and its masks once it returned."""
 
-    cfg, run = ctx.cfg, ctx.run
-    out = run.sub(method)
-    model = copy.deepcopy(dense)
-    stage = prune_stage(cfg, method, sparsity)
-    done = ctx.runner.check(stage)
-    if done is not None:
-        masks = {k: v.to(ctx.device) for k, v in load_masks(out / MASK_FILE).items()}
-        apply_masks(model, masks)
-        say(f"{METHOD_TITLES[method]}: reusing masks in {out} (finished earlier)")
-        return model, masks, done
+    def __init__(self, ctx: Context, dense: nn.Module, data: Data | None, method: str, sparsity: float,
+                 pre_acc: float | None):
+        self.ctx, self.dense, self.data, self.method, self.sparsity = ctx, dense, data, method, sparsity
+        self.pre_acc = pre_acc
+        self.out = ctx.run.sub(method)
+        self.model, self.masks = copy.deepcopy(dense), None
 
-    evaluate = None
-    if data is not None:
-        evaluate = evaluator(cfg, eval_loader(cfg, data.test, cfg.finetune.batch_size, ctx.device), ctx.device,
-                             data.num_classes, with_l1=False)
-    masks, gp_masks, plan = compute_masks(model, method, sparsity, cfg.prune)
+    def stage(self):
+        return prune_stage(self.ctx.cfg, self.method, self.sparsity)
 
-    def accuracy_with(m: dict) -> float | None:
-        """Accuracy of the dense weights pruned by ``m``, measured on ``model`` (reset to dense first)."""
-        if evaluate is None:
-            return None
+    def load(self, record):
+        from prunelimit.pruning import apply_masks, load_masks
+
+        self.masks = {k: v.to(self.ctx.device) for k, v in load_masks(self.out / MASK_FILE).items()}
+        apply_masks(self.model, self.masks)
+        say(f"{METHOD_TITLES[self.method]}: reusing masks in {self.out} (finished earlier)")
+        return PruneResult.from_json(record)
+
+    def run(self):
+        from prunelimit.pruning import apply_masks, mask_sparsity, save_masks
+
+        ctx, cfg, data, dense, model, out = self.ctx, self.ctx.cfg, self.data, self.dense, self.model, self.out
+        method, sparsity, pre_acc = self.method, self.sparsity, self.pre_acc
+        evaluate = None
+        if data is not None:
+            evaluate = evaluator(cfg, eval_loader(cfg, data.test, cfg.finetune.batch_size, ctx.device), ctx.device,
+                                 data.num_classes, with_l1=False)
+        masks, gp_masks, plan = compute_masks(model, method, sparsity, cfg.prune)
+
+        def accuracy_with(m: dict) -> float | None:
+            """Accuracy of the dense weights pruned by ``m``, measured on ``model`` (reset to dense first)."""
+            if evaluate is None:
+                return None
+            model.load_state_dict(dense.state_dict())
+            apply_masks(model, m)
+            return evaluate(model)["top1"]
+
+        gp_post = accuracy_with(gp_masks)
+        write_prune_log(out / paths.PRUNE_LOG, mask_sparsity(gp_masks), pre_acc, gp_post)
+        post = gp_post
+        stats = mask_sparsity(masks)
+        if plan is not None:
+            write_layer_sparsities(out / paths.LAYER_SPARSITIES, plan)
+            post = accuracy_with(masks)
+            write_prune_log(out / paths.PRUNE_REFINED_LOG, stats, pre_acc, post)
+            clamped, dense_layers = plan.clamped_layers, plan.dense_layers
+            say(f"GP+MT ({cfg.prune.mt_mode}, MT {cfg.prune.min_threshold} % -> floor {plan.floor} weights/layer): "
+                f"{len(clamped)} layer(s) clamped by the floor{': ' + ', '.join(clamped[:6]) if clamped else ''}"
+                f"{' ...' if len(clamped) > 6 else ''}; {len(dense_layers)} left dense")
         model.load_state_dict(dense.state_dict())
-        apply_masks(model, m)
-        return evaluate(model)["top1"]
-
-    gp_post = accuracy_with(gp_masks)
-    write_prune_log(out / paths.PRUNE_LOG, mask_sparsity(gp_masks), pre_acc, gp_post)
-    post = gp_post
-    stats = mask_sparsity(masks)
-    if plan is not None:
-        write_layer_sparsities(out / paths.LAYER_SPARSITIES, plan)
-        post = accuracy_with(masks)
-        write_prune_log(out / paths.PRUNE_REFINED_LOG, stats, pre_acc, post)
-        clamped, dense_layers = plan.clamped_layers, plan.dense_layers
-        say(f"GP+MT ({cfg.prune.mt_mode}, MT {cfg.prune.min_threshold} % -> floor {plan.floor} weights/layer): "
-            f"{len(clamped)} layer(s) clamped by the floor{': ' + ', '.join(clamped[:6]) if clamped else ''}"
-            f"{' ...' if len(clamped) > 6 else ''}; {len(dense_layers)} left dense")
-    model.load_state_dict(dense.state_dict())
-    apply_masks(model, masks)
-    n, pruned = stats.total, stats.pruned
-    if dist.is_main():
-        atomic_torch_save({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}},
-                          out / PRUNED_FILE)
-        save_masks(out / MASK_FILE, masks, metadata={
-            "model": cfg.model.name, "method": method, "sparsity": repr(sparsity),
-            "min_threshold": repr(cfg.prune.min_threshold), "mt_mode": cfg.prune.mt_mode})
-    record = {
-        "method": method, "sparsity_target": sparsity, "prunable_weights": n, "pruned_weights": pruned,
-        "sparsity_achieved": pruned / n if n else 0.0, "pre_acc": pre_acc, "post_prune_acc": post,
-        "gp_post_prune_acc": gp_post, "groups": _group_sparsity(stats.layers),
-        "clamped_layers": plan.clamped_layers if plan is not None else [],
-        "floor": plan.floor if plan is not None else None, "dir": str(out),
-    }
-    ctx.runner.done(stage, record)
-    acc = f", test top-1 {post:.2f} %" if post is not None else " (no dataset configured: evaluation skipped)"
-    say(f"{METHOD_TITLES[method]}: pruned {pruned:,} of {n:,} prunable weights "
-        f"(sparsity {pruned / n:.4f}, keep fraction {1 - pruned / n:.4f}){acc}")
-    return model, masks, record
+        apply_masks(model, masks)
+        self.masks = masks
+        n, pruned = stats.total, stats.pruned
+        if dist.is_main():
+            atomic_torch_save({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}},
+                              out / PRUNED_FILE)
+            save_masks(out / MASK_FILE, masks, metadata={
+                "model": cfg.model.name, "method": method, "sparsity": repr(sparsity),
+                "min_threshold": repr(cfg.prune.min_threshold), "mt_mode": cfg.prune.mt_mode})
+        acc = f", test top-1 {post:.2f} %" if post is not None else " (no dataset configured: evaluation skipped)"
+        say(f"{METHOD_TITLES[method]}: pruned {pruned:,} of {n:,} prunable weights "
+            f"(sparsity {pruned / n:.4f}, keep fraction {1 - pruned / n:.4f}){acc}")
+        return PruneResult(method=method, sparsity_target=sparsity, prunable_weights=n, pruned_weights=pruned,
+                           sparsity_achieved=pruned / n if n else 0.0, pre_acc=pre_acc, post_prune_acc=post,
+                           gp_post_prune_acc=gp_post, groups=_group_sparsity(stats.layers),
+                           clamped_layers=tuple(plan.clamped_layers) if plan is not None else (),
+                           floor=plan.floor if plan is not None else None, dir=str(out))
 
 
-def finetune_method(ctx: Context, model: nn.Module, masks: dict, data: Data, out: Path, stage: Stage,
-                    title: str, pre_acc: float | None) -> dict:
-    """Masked fine-tuning into ``out`` (resumes from ``out/checkpoint_last.pth.tar``) as ``stage``
-    (``finetune_stage``: its fingerprint holds the checksums of the masks and weights it starts from)."""
-    from prunelimit.pruning import count_nonzero_pruned
-    from prunelimit.train import train
+class FinetuneStage(StageUnit):
+    """Stage ``<method>_finetune``: masked fine-tuning of ``model`` into ``out`` (resumes from
+    ``out/checkpoint_last.pth.tar``); its declaration ``stage`` (``finetune_stage``) fingerprints the
+    checksums of the masks and weights it starts from."""
 
-    cfg = ctx.cfg
-    done = ctx.runner.check(stage)
-    if done is not None:
-        say(f"{title}: fine-tuning finished earlier (best top-1 {done['best_top1']:.2f} %)")
-        return done
-    ctx.runner.start(stage)
-    f = dataclasses.replace(cfg.finetune, seed=cfg.seed_for(cfg.finetune.seed))
-    if (out / paths.CHECKPOINT_LAST).exists():
-        say(f"{title}: resuming fine-tuning from {out / 'checkpoint_last.pth.tar'}")
-    say(f"{title}: fine-tuning {f.epochs} epochs (lr {f.lr:g}, {f.schedule} schedule, "
-        f"label smoothing {f.label_smoothing:g}, batch {f.batch_size})")
-    result = train(model, train_loader(cfg, data, f.batch_size, ctx.device),
-                   eval_loader(cfg, data.test, f.batch_size, ctx.device), f, device=ctx.device, masks=masks,
-                   run_dir=out, log_name=paths.FINETUNE_LOG, orig_acc=pre_acc, show_progress=cfg.show_progress,
-                   num_classes=data.num_classes)
-    nonzero_pruned = count_nonzero_pruned(model, masks)
-    if nonzero_pruned:
-        raise RuntimeError(f"{nonzero_pruned} pruned weights became non-zero during fine-tuning (a bug; please report)")
-    final = result.final or {}
-    record = {"best_top1": result.best_top1, "final_top1": final.get("test_top1", final.get("top1")),
-              "epochs": f.epochs, "pruned_weights_nonzero": 0, "dir": str(out)}
-    ctx.runner.done(stage, record)
-    say(f"{title}: fine-tuned, best test top-1 {result.best_top1:.2f} %")
-    return record
+    def __init__(self, ctx: Context, model: nn.Module, masks: dict, data: Data, out: Path, stage: Stage,
+                 title: str, pre_acc: float | None):
+        self.ctx, self.model, self.masks, self.data, self.out = ctx, model, masks, data, out
+        self._stage, self.title, self.pre_acc = stage, title, pre_acc
+
+    def stage(self):
+        return self._stage
+
+    def load(self, record):
+        result = FinetuneResult.from_json(record)
+        say(f"{self.title}: fine-tuning finished earlier (best top-1 {result.best_top1:.2f} %)")
+        return result
+
+    def run(self):
+        from prunelimit.pruning import count_nonzero_pruned
+        from prunelimit.train import train
+
+        ctx, cfg, data, model, masks, out = self.ctx, self.ctx.cfg, self.data, self.model, self.masks, self.out
+        f = dataclasses.replace(cfg.finetune, seed=cfg.seed_for(cfg.finetune.seed))
+        if (out / paths.CHECKPOINT_LAST).exists():
+            say(f"{self.title}: resuming fine-tuning from {out / 'checkpoint_last.pth.tar'}")
+        say(f"{self.title}: fine-tuning {f.epochs} epochs (lr {f.lr:g}, {f.schedule} schedule, "
+            f"label smoothing {f.label_smoothing:g}, batch {f.batch_size})")
+        result = train(model, train_loader(cfg, data, f.batch_size, ctx.device),
+                       eval_loader(cfg, data.test, f.batch_size, ctx.device), f, device=ctx.device, masks=masks,
+                       run_dir=out, log_name=paths.FINETUNE_LOG, orig_acc=self.pre_acc,
+                       show_progress=cfg.show_progress, num_classes=data.num_classes)
+        nonzero_pruned = count_nonzero_pruned(model, masks)
+        if nonzero_pruned:
+            raise RuntimeError(f"{nonzero_pruned} pruned weights became non-zero during fine-tuning (a bug; please report)")
+        final = result.final or {}
+        say(f"{self.title}: fine-tuned, best test top-1 {result.best_top1:.2f} %")
+        return FinetuneResult(best_top1=result.best_top1, final_top1=final.get("test_top1", final.get("top1")),
+                              epochs=f.epochs, pruned_weights_nonzero=0, dir=str(out))
 
 
-def run_gp(ctx: Context, dense: nn.Module, dense_record: dict, data: Data | None, sparsity: float) -> dict:
-    """Every configured method at ``sparsity``; returns ``{method: record}``."""
+def run_gp(ctx: Context, dense: nn.Module, dense_result: DenseResult, data: Data | None,
+           sparsity: float) -> dict[str, PruneResult]:
+    """Every configured method at ``sparsity``; returns ``{method: PruneResult}`` (with size and compute,
+    and the fine-tuning when configured)."""
     cfg = ctx.cfg
     methods = list(cfg.gp.methods)
     if "gp_mt" in methods and not cfg.prune.min_threshold:
@@ -151,25 +170,27 @@ def run_gp(ctx: Context, dense: nn.Module, dense_record: dict, data: Data | None
         methods.remove("gp_mt")
     if "gp_mt" in methods and cfg.gp.sparsity_from == "predicted_limit":
         cfg = _fit_min_threshold(ctx, dense, sparsity)
-    pre_acc = dense_record.get("test_top1")
+    pre_acc = dense_result.test_top1
     if pre_acc is None and data is not None:
         pre_acc = evaluator(cfg, eval_loader(cfg, data.test, cfg.finetune.batch_size, ctx.device), ctx.device,
                             data.num_classes, with_l1=False)(dense)["top1"]
     results = {}
     for method in methods:
-        model, masks, record = prune_method(ctx, dense, data, method, sparsity, pre_acc)
-        record = {**record, "size_and_compute": size_and_compute(ctx, dense, data, method, masks)}
+        unit = PruneStage(ctx, dense, data, method, sparsity, pre_acc)
+        result = ctx.runner.drive(unit)
+        result = dataclasses.replace(result, size_and_compute=size_and_compute(ctx, dense, data, method, unit.masks))
         if cfg.gp.finetune and data is not None and cfg.finetune.epochs > 0:
             out = ctx.run.sub(method)
             stage = finetune_stage(cfg, method, masks=out / MASK_FILE, weights=out / PRUNED_FILE, method_dir=out,
-                                   run_path=ctx.run.path)
-            record = {**record, "finetune": finetune_method(ctx, model, masks, data, out, stage,
-                                                            METHOD_TITLES[method], pre_acc)}
-        results[method] = record
+                                   run_path=ctx.run.path, command=ctx.command)
+            finetune = ctx.runner.drive(FinetuneStage(ctx, unit.model, unit.masks, data, out, stage,
+                                                      METHOD_TITLES[method], pre_acc))
+            result = dataclasses.replace(result, finetune=finetune)
+        results[method] = result
     return results
 
 
-def size_and_compute(ctx: Context, dense: nn.Module, data: Data | None, method: str, masks: dict) -> dict:
+def size_and_compute(ctx: Context, dense: nn.Module, data: Data | None, method: str, masks: dict) -> SizeAndCompute:
     """The sparsity report of one pruned method (MACs from one zero example of the input shape, when known)."""
     from prunelimit.pruning import sparsity_report
 
@@ -181,10 +202,11 @@ def size_and_compute(ctx: Context, dense: nn.Module, data: Data | None, method: 
     measured = example is not None
     if not measured:
         say("  multiply-adds not measured: give --input-shape C,H,W (or --dataset) for the example input")
-    return {"params": rep.params, "nonzeros": rep.nonzeros,
-            "dense_macs": rep.dense_macs if measured else None, "sparse_macs": rep.sparse_macs if measured else None,
-            "speedup": rep.speedup if measured else None, "bytes_dense": rep.bytes_dense,
-            "bytes_compressed": rep.bytes_compressed}
+    return SizeAndCompute(params=rep.params, nonzeros=rep.nonzeros,
+                          dense_macs=rep.dense_macs if measured else None,
+                          sparse_macs=rep.sparse_macs if measured else None,
+                          speedup=rep.speedup if measured else None, bytes_dense=rep.bytes_dense,
+                          bytes_compressed=rep.bytes_compressed)
 
 
 def _fit_min_threshold(ctx: Context, model: nn.Module, sparsity: float):
@@ -206,13 +228,11 @@ def _fit_min_threshold(ctx: Context, model: nn.Module, sparsity: float):
     return cfg
 
 
-def _group_sparsity(layers) -> dict[str, dict]:
+def _group_sparsity(layers) -> dict[str, LayerGroup]:
     """Per layer group (``layer1``, ``fc``): weights, pruned, sparsity; ``layers`` from ``mask_sparsity``."""
-    groups: dict[str, dict] = {}
+    counts: dict[str, list[int]] = {}
     for r in layers:
-        g = groups.setdefault(group_name(r.name), {"n": 0, "pruned": 0})
-        g["n"] += r.n
-        g["pruned"] += r.pruned
-    for g in groups.values():
-        g["sparsity"] = g["pruned"] / g["n"] if g["n"] else 0.0
-    return groups
+        n_pruned = counts.setdefault(group_name(r.name), [0, 0])
+        n_pruned[0] += r.n
+        n_pruned[1] += r.pruned
+    return {g: LayerGroup(n=n, pruned=pruned, sparsity=pruned / n if n else 0.0) for g, (n, pruned) in counts.items()}

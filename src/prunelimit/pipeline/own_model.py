@@ -158,7 +158,7 @@ def fundamental_limit(model: nn.Module, train: Any, test: Any, *, out: str | Pat
     if dist.is_main():
         run.path.mkdir(parents=True, exist_ok=True)
         for stage in LIMIT_STAGES:   # every call computes afresh: no stage or sweep table is reused
-            run._marker(stage).unlink(missing_ok=True)
+            run.forget_stage(stage)
         shutil.rmtree(run.path / "limit", ignore_errors=True)
     dist.barrier()
     record = to_dict(cfg)
@@ -172,13 +172,14 @@ def fundamental_limit(model: nn.Module, train: Any, test: Any, *, out: str | Pat
     classes = num_classes or (None if loss_fn is not None else _num_classes(model, train_set, device))
     data = Data(train=train_set, train_eval=train_set, test=test_set, num_classes=classes)
     result = run_limit(ctx, model, data)
+    from prunelimit.pipeline.results import DenseResult, RunSummary
     from prunelimit.runs.report import write_summary
 
-    write_summary(run.path, {"pipeline": "limit", "run_dir": str(run.path), "model": type(model).__name__,
-                             "dataset": "(your data)", "limit": result,
-                             "dense": {"source": "given", "test_top1": result["baseline_test_acc"]},
-                             "seconds": round(time.time() - start, 1), "stage_seconds": dict(ctx.timings)})
-    return result
+    write_summary(run.path, RunSummary(pipeline="limit", run_dir=str(run.path), model=type(model).__name__,
+                                       dataset="(your data)", limit=result,
+                                       dense=DenseResult(source="given", test_top1=result.baseline_test_acc),
+                                       seconds=round(time.time() - start, 1), stage_seconds=dict(ctx.timings)))
+    return result.to_json()
 
 
 __all__ = ["fundamental_limit"]

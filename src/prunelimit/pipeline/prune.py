@@ -11,34 +11,35 @@ from prunelimit.pipeline.common import (Context, build_model, default_out, eval_
                                         load_weights, open_run, say)
 from prunelimit.pipeline.stages import finetune_stage, planned_stages, prune_stage
 from prunelimit.pipeline.dense import dense_model
-from prunelimit.pipeline.gp import MASK_FILE, METHOD_TITLES, PRUNED_FILE, finetune_method, run_gp
-from prunelimit.runs.report import print_summary, write_summary
+from prunelimit.pipeline.gp import MASK_FILE, METHOD_TITLES, PRUNED_FILE, FinetuneStage, run_gp
+from prunelimit.pipeline.results import FinetuneResult, PruneResult, RunSummary
+from prunelimit.runs.report import print_summary, report_from_dir, write_summary
 from prunelimit.errors import PrunelimitError
 
 
-def prune_command(cfg: RunConfig, argv: list[str], *, allow_pickle: bool = False) -> dict:
+def prune_command(cfg: RunConfig, argv: list[str], *, allow_pickle: bool = False) -> RunSummary:
     """``allow_pickle``: this command line's opt-in to unpickling the checkpoint (never from a config)."""
     start = time.time()
     stages = planned_stages(cfg, default_out(cfg), gp=False)
     stages += [prune_stage(cfg, m, cfg.prune.sparsity) for m in cfg.gp.methods if m == "gp" or cfg.prune.min_threshold]
-    with open_run(cfg, argv, stages=stages, allow_pickle=allow_pickle) as ctx:
+    with open_run(cfg, argv, stages=stages, allow_pickle=allow_pickle, command="prune") as ctx:
         return _prune(ctx, start)
 
 
-def _prune(ctx: Context, start: float) -> dict:
+def _prune(ctx: Context, start: float) -> RunSummary:
     cfg = ctx.cfg
     say(f"run directory: {ctx.run.path}  (device {ctx.device})")
     data = load_data(cfg)
     if data is None:
         say("no dataset configured (--dataset): accuracy before and after pruning is NOT evaluated")
-    model, record = dense_model(ctx, data, train_if_needed=False)
+    model, dense = dense_model(ctx, data, train_if_needed=False)
     from prunelimit.pruning.coverage import coverage
 
     say(coverage(model, cfg.prune.include, cfg.prune.exclude).format())
-    results = run_gp(ctx, model, record, data, cfg.prune.sparsity)
-    summary = {"pipeline": "prune", "run_dir": str(ctx.run.path), "model": cfg.model.name,
-               "dataset": cfg.data.dataset if cfg.data else None, "dense": record,
-               "sparsity": cfg.prune.sparsity, "gp": results, "seconds": round(time.time() - start, 1)}
+    results = run_gp(ctx, model, dense, data, cfg.prune.sparsity)
+    summary = RunSummary(pipeline="prune", run_dir=str(ctx.run.path), model=cfg.model.name,
+                         dataset=cfg.data.dataset if cfg.data else None, dense=dense, sparsity=cfg.prune.sparsity,
+                         gp=results, seconds=round(time.time() - start, 1))
     write_summary(ctx.run.path, summary)
     print_summary(summary)
     return summary
@@ -76,7 +77,7 @@ def finetune_command(cfg: RunConfig, argv: list[str], *, method: str, method_dir
                           "e.g. --dataset cifar10 --data-path ~/data")
     stage = finetune_stage(cfg, method, masks=mask_path, weights=weights, method_dir=method_dir, run_path=run_dir)
     with open_run(cfg, argv, stages=[] if evaluate_only else [stage], strict_keys={"model"},
-                  allow_pickle=allow_pickle) as ctx:
+                  allow_pickle=allow_pickle, command="finetune") as ctx:
         return _finetune(ctx, stage, method=method, method_dir=method_dir, weights=weights, mask_path=mask_path,
                          evaluate_only=evaluate_only)
 
@@ -100,26 +101,24 @@ def _finetune(ctx: Context, stage, *, method: str, method_dir: Path, weights: Pa
     title = METHOD_TITLES.get(method, "pruned model")
     if evaluate_only:
         return _evaluate_only(ctx, model, masks, data, weights, method_dir)
-    prune_record = ctx.run.stage_result(f"{method}_prune") or {}
-    record = finetune_method(ctx, model, masks, data, ctx.run.sub(method_dir.name), stage, title,
-                             prune_record.get("pre_acc"))
+    pruned = PruneResult.from_json(ctx.run.stage_result(f"{method}_prune"))   # None: files given by path
+    result = ctx.runner.drive(FinetuneStage(ctx, model, masks, data, ctx.run.sub(method_dir.name), stage, title,
+                                            pruned.pre_acc if pruned is not None else None))
     say(f"fine-tuning files: {method_dir}/finetune_log.csv, model_best.pth.tar, checkpoint_last.pth.tar")
-    _update_summary(run_dir, method, record)
-    return record
+    _update_summary(run_dir, method, result)
+    return result
 
 
-def _update_summary(run_dir: Path, method: str, record: dict) -> None:
+def _update_summary(run_dir: Path, method: str, result: FinetuneResult) -> None:
     """Record the fine-tuning in the run's summary.json so `prunelimit report` shows it."""
     from prunelimit import dist
-    from prunelimit.runs.io import read_json
 
     path = run_dir / paths.SUMMARY
     if not dist.is_main() or not path.exists():
         return
-    summary = read_json(path)
-    if method in (summary.get("gp") or {}):
-        summary["gp"][method]["finetune"] = record
-        write_summary(run_dir, summary)
+    summary = report_from_dir(run_dir)
+    if method in (summary.gp or {}):
+        write_summary(run_dir, summary.with_finetune(method, result))
 
 
 def _evaluate_only(ctx: Context, model, masks: dict, data, weights: Path, method_dir: Path) -> dict:

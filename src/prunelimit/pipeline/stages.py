@@ -1,10 +1,11 @@
 """One generic runner for every stage: skip what is finished, resume what is not, refuse a mismatch.
 
-A stage is a small declaration (``Stage``): its name, the config keys its results depend on, the files
-it reads (their checksums join the fingerprint, so other masks or other weights are never mistaken
-for the ones a finished stage used), the values settled at run time (the sparsity actually used), and
-whether its numbers depend on the number of processes. ``StageRunner.run(stage, compute, load)`` does
-the rest in one place:
+A stage is a small unit (``StageUnit``): its declaration (``Stage``: the name, the config keys its numbers
+depend on, the files it reads (their checksums join the fingerprint, so other masks or other weights are
+never mistaken for the ones a finished stage used), the values settled at run time (the sparsity actually
+used), and whether its numbers depend on the number of processes), ``run`` (compute its typed result) and
+``load`` (rebuild that result from the files and marker of a finished run). ``StageRunner.drive(unit)``
+does the rest in one place:
 
 - a finished stage (``stages/<name>.json``) with the same fingerprint is loaded, not recomputed;
 - a finished or started stage with a different fingerprint is refused, naming the keys that differ;
@@ -38,6 +39,37 @@ class Stage:
     derived: Mapping[str, Any] = field(default_factory=dict)   # values settled at run time
     per_world_size: bool = False                # numbers depend on the process count (training, fine-tuning)
     redo_hint: str = ""                         # how to redo it, when "use another --out" does not apply
+    ignore: tuple[str, ...] = ()                # keys inside ``keys``' sections that change speed, not numbers
+
+
+class StageUnit:
+    """One stage of a pipeline. A subclass holds what the stage works on (model, data, earlier results)
+    and says:
+
+    - ``stage()``: its declaration (name and fingerprint);
+    - ``run()``: compute, write its files, return its typed result (a ``JsonResult``);
+    - ``load(record)``: that result rebuilt from its finished marker ``record`` and its files; None when
+      they no longer hold it (weights not kept, a table of an older layout), so it is computed again;
+    - ``unmarked()`` (optional): a result that is not this stage's product and is returned without any
+      marker (the ``prune`` command's random initial weights), else None;
+    - ``marker(result)`` (optional): the marker's record, by default ``result.to_json()``.
+
+    ``StageRunner.drive`` decides which of them runs."""
+
+    def stage(self) -> Stage:
+        raise NotImplementedError
+
+    def run(self):
+        raise NotImplementedError
+
+    def load(self, record: dict):
+        raise NotImplementedError
+
+    def unmarked(self):
+        return None
+
+    def marker(self, result) -> dict:
+        return result.to_json()
 
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, per process
@@ -60,7 +92,8 @@ def file_digest(path: str | os.PathLike) -> str | None:
     return _DIGESTS[key]
 
 
-def config_slice(cfg: RunConfig, keys: tuple[str, ...]) -> dict:
+def config_slice(cfg: RunConfig, keys: tuple[str, ...], ignore: tuple[str, ...] = ()) -> dict:
+    """``{key: value}`` for each of ``keys``; a whole section without the ``ignore``d keys inside it."""
     full = to_dict(cfg)
     out: dict = {}
     for key in keys:
@@ -68,6 +101,8 @@ def config_slice(cfg: RunConfig, keys: tuple[str, ...]) -> dict:
         value = full.get(section)
         if name:
             value = None if value is None else value.get(name)
+        elif isinstance(value, dict):
+            value = {k: v for k, v in value.items() if f"{section}.{k}" not in ignore}
         out[key] = value
     return out
 
@@ -77,7 +112,7 @@ class StageRunner:
         self.cfg, self.run_dir = cfg, run
 
     def fingerprint(self, stage: Stage) -> dict:
-        fp = config_slice(self.cfg, stage.keys)
+        fp = config_slice(self.cfg, stage.keys, stage.ignore)
         if stage.inputs:
             fp["inputs"] = {role: file_digest(path) for role, path in stage.inputs.items()}
         fp.update(stage.derived)
@@ -110,6 +145,22 @@ class StageRunner:
         self.done(stage, record)
         return load(record) if load is not None else record
 
+    def drive(self, unit: StageUnit):
+        """The unit's typed result: loaded when it finished earlier with this fingerprint (refused when with
+        another), else computed between a started and a done marker."""
+        stage = unit.stage()
+        done = self.check(stage)
+        loaded = unit.load(done) if done is not None else None
+        if loaded is not None:
+            return loaded
+        untracked = unit.unmarked()
+        if untracked is not None:
+            return untracked
+        self.start(stage)
+        result = unit.run()
+        self.done(stage, unit.marker(result))
+        return result
+
     def preflight(self, stages: list[Stage]) -> None:
         for stage in stages:
             self.check(stage)
@@ -136,16 +187,30 @@ def sweep_stage(cfg: RunConfig) -> Stage:
     return Stage("sweep", keys)
 
 
+# Spectrum keys that change the speed or memory of the Hessian products, not the numbers (up to the
+# order of a floating-point sum: hessian_batch_size and memory_budget regroup the same samples), so
+# changing one resumes a run instead of refusing it.
+SPEED_ONLY_KEYS = ("spectrum.cache_graph", "spectrum.memory_budget", "spectrum.hessian_batch_size",
+                   "spectrum.lean_graphs", "spectrum.checkpoint_every")
+ROWS_ONLY_KEYS = ("spectrum.important_eigs", "spectrum.row_quantiles", "spectrum.row_threshold")
+PLOT_ONLY_KEYS = ("spectrum.density_points", "spectrum.density_sigma")   # density.csv and its figure
+SLQ_ONLY_KEYS = ("spectrum.lanczos_iter", "spectrum.lanczos_num", "spectrum.top_k", "spectrum.trace_samples",
+                 "spectrum.seed", "spectrum.reorthogonalize", "spectrum.density_kernel") + PLOT_ONLY_KEYS
+
+
 def spectrum_stage(cfg: RunConfig) -> Stage:
-    return Stage("spectrum", DENSE_KEYS + ("spectrum", "limit.loss"))  # the Hessian is of the declared loss
+    """The Hessian of the declared loss; the width's kernel (density_kernel) is the limit stage's."""
+    return Stage("spectrum", DENSE_KEYS + ("spectrum", "limit.loss"),
+                 ignore=SPEED_ONLY_KEYS + ROWS_ONLY_KEYS + ("spectrum.density_kernel",))
 
 
 def rows_stage(cfg: RunConfig) -> Stage:
-    return Stage("rows", DENSE_KEYS + SUBSET_KEYS + ("spectrum", "limit.loss"))
+    """Rows of the same Hessian: none of the SLQ settings change them."""
+    return Stage("rows", DENSE_KEYS + SUBSET_KEYS + ("spectrum", "limit.loss"), ignore=SPEED_ONLY_KEYS + SLQ_ONLY_KEYS)
 
 
 def limit_stage(cfg: RunConfig) -> Stage:
-    return Stage("limit", DENSE_KEYS + SUBSET_KEYS + ("spectrum", "limit"))
+    return Stage("limit", DENSE_KEYS + SUBSET_KEYS + ("spectrum", "limit"), ignore=SPEED_ONLY_KEYS + PLOT_ONLY_KEYS)
 
 
 def prune_stage(cfg: RunConfig, method: str, sparsity: float) -> Stage:
@@ -154,19 +219,22 @@ def prune_stage(cfg: RunConfig, method: str, sparsity: float) -> Stage:
                  inputs={"checkpoint": Path(ckpt)} if ckpt else {}, derived={"sparsity": sparsity})
 
 
-def finetune_stage(cfg: RunConfig, method: str, masks: Path, weights: Path, method_dir: Path, run_path: Path) -> Stage:
+def finetune_stage(cfg: RunConfig, method: str, masks: Path, weights: Path, method_dir: Path, run_path: Path,
+                   command: str = "finetune") -> Stage:
     """Masked fine-tuning of ``weights`` under ``masks``: both files' bytes join the fingerprint, so other
-    masks or weights are never taken for the ones a finished fine-tuning started from."""
-    marker = run_path / "stages" / f"{method}_finetune.json"
-    hint = (f"To fine-tune other masks, weights or settings, start a new run directory (prunelimit finetune "
-            f"--model ... --checkpoint ... --masks ... --out NEW), or delete {str(marker)!r} and "
-            f"{str(method_dir / 'checkpoint_last.pth.tar')!r} to redo this fine-tuning")
+    masks or weights are never taken for the ones a finished fine-tuning started from. ``command``: the
+    command that runs it ("run" or "finetune"), for the hint on how to start over."""
+    marker = run_path / paths.STAGES / f"{method}_finetune.json"
+    new_dir = ("start a new run directory (prunelimit finetune --model ... --checkpoint ... --masks ... "
+               "--out NEW)" if command == "finetune" else f"run `prunelimit {command}` with another --out NEW")
+    hint = (f"To fine-tune other masks, weights or settings, {new_dir}, or delete {str(marker)!r} and "
+            f"{str(method_dir / paths.CHECKPOINT_LAST)!r} to redo this fine-tuning")
     # the prune settings reach it through the masks' and weights' bytes (an MT lowered to fit included)
     return Stage(f"{method}_finetune", DENSE_KEYS + ("finetune",),
                  inputs={"masks": masks, "weights": weights}, per_world_size=True, redo_hint=hint)
 
 
-def planned_stages(cfg: RunConfig, run_path: Path, *, gp: bool = True) -> list[Stage]:
+def planned_stages(cfg: RunConfig, run_path: Path, *, gp: bool = True, command: str = "run") -> list[Stage]:
     """The stages a command will run whose fingerprints are known before it starts (the prune stages at a
     predicted sparsity are checked when that sparsity is known): ``open_run`` checks them all before it
     writes anything."""
@@ -186,5 +254,6 @@ def planned_stages(cfg: RunConfig, run_path: Path, *, gp: bool = True) -> list[S
             if cfg.gp.finetune:
                 d = run_path / method
                 out.append(finetune_stage(cfg, method, masks=d / paths.MASK,
-                                          weights=d / paths.PRUNED_MODEL, method_dir=d, run_path=run_path))
+                                          weights=d / paths.PRUNED_MODEL, method_dir=d, run_path=run_path,
+                                          command=command))
     return out

@@ -94,6 +94,13 @@ class RunDir:
     def _started(self, stage: str) -> Path:
         return self.path / paths.STAGES / f"{stage}.started.json"
 
+    def forget_stage(self, stage: str) -> None:
+        """Remove the stage's finished and started markers (rank 0), so the next run computes it afresh;
+        its files are the caller's to remove or overwrite."""
+        if dist.is_main():
+            self._marker(stage).unlink(missing_ok=True)
+            self._started(stage).unlink(missing_ok=True)
+
     def stage_result(self, stage: str, fingerprint: dict | None = None, *, redo_hint: str = "") -> dict | None:
         """The finished stage's record, or None if it has not finished.
 
@@ -116,9 +123,13 @@ class RunDir:
                                   m, redo_hint)
 
     def _refuse_mismatch(self, stage, old, new, holds: str, marker: Path, redo_hint: str) -> None:
-        if new is None or old is None or _strip(old) == _strip(new):
+        if new is None or old is None:
             return
-        diffs = _flat_diff(old, new)
+        # only what the stage depends on now: a key a newer version dropped from its fingerprint (a
+        # speed-only setting) does not block a run directory an older version made
+        diffs = _flat_diff(_project(old, new), new)
+        if not diffs:
+            return
         how = redo_hint or (f"Use another --out for the new config, or delete {str(marker)!r} (and that "
                             f"stage's files) to redo it")
         raise PrunelimitError(f"run directory {str(self.path)!r} {holds} stage {stage!r} made with different "
@@ -169,6 +180,13 @@ def _flat_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
             out += _flat_diff(old.get(k), new.get(k), f"{prefix}{k}.")
         return out
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def _project(old: Any, new: Any) -> Any:
+    """``old`` restricted to the keys ``new`` has (recursively)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return {k: _project(v, new[k]) for k, v in old.items() if k in new}
+    return old
 
 
 def _strip(d: Any) -> Any:
