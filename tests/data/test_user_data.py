@@ -175,3 +175,32 @@ def test_download_is_refused_from_the_command_line_and_the_python_api(tmp_path, 
         assert not (tmp_path / "r").exists()
     with pytest.raises(ValueError, match="'arrays' is read from your own files"):
         create_dataset("arrays", tmp_path / "mine.npz", train=True, download=True)
+
+
+@pytest.mark.parametrize("dataset", ["digits", "tinyimagenet", "imagenet"])
+def test_download_is_refused_for_datasets_that_fetch_nothing(tmp_path, capsys, dataset):
+    # these factories never download, so download: true would be ignored silently; validation says so instead
+    (tmp_path / "c.yaml").write_text(f"data:\n  dataset: {dataset}\n  download: true\n")
+    assert main(["validate", "--quiet", str(tmp_path / "c.yaml")]) != 0
+    line = capsys.readouterr().out.strip()
+    assert f"data key 'download' (data.download, --download) is true, but dataset '{dataset}'" in line
+    assert "remove download" in line and "\n" not in line
+    with pytest.raises(ValueError, match=f"dataset '{dataset}' is not fetched automatically"):
+        create_dataset(dataset, tmp_path, train=False, download=True)
+
+
+def test_image_size_as_one_int_is_a_square(tmp_path, capsys):
+    write_images(tmp_path / "imgs", "train", ["a", "b"], 2, size=(9, 7))
+    write_images(tmp_path / "imgs", "test", ["a", "b"], 1, size=(9, 7), seed=1)
+    (tmp_path / "c.yaml").write_text(f"data:\n  dataset: imagefolder\n  data_path: {tmp_path / 'imgs'}\n"
+                                     f"  image_size: 8\n")
+    from prunelimit.config import load_config
+
+    cfg = load_config(tmp_path / "c.yaml")
+    assert cfg.data.image_size == [8, 8]
+    x, _ = create_dataset("imagefolder", cfg.data.data_path, train=False, **cfg.data.options())[0]
+    assert x.shape == (3, 8, 8)
+    for bad in ("0", "[8]", "eight", "true"):
+        (tmp_path / "bad.yaml").write_text(f"data:\n  dataset: imagefolder\n  data_path: imgs\n  image_size: {bad}\n")
+        with pytest.raises(ValueError, match="image_size"):
+            load_config(tmp_path / "bad.yaml")

@@ -107,6 +107,8 @@ def coerce(val: Any, tp: Any, where: str) -> Any:
 
 def _tname(tp: Any) -> str:
     args = typing.get_args(tp)
+    if typing.get_origin(tp) in (list, tuple) and args:
+        return f"a list of {_tname(args[0])}"
     if args:
         return " or ".join(_tname(a) for a in args if a is not type(None)) + (
             " or null" if type(None) in args else "")

@@ -20,7 +20,7 @@ PIPELINES = ("default", "gp", "limit")
 METHODS = ("gp", "gp_mt")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = "fc_small"                 # a name from `prunelimit ls models`
     num_classes: int | None = None         # None: the dataset's number of classes
@@ -42,10 +42,10 @@ class ModelConfig:
         if self.input_shape is not None and (len(self.input_shape) != 3 or min(self.input_shape) < 1):
             raise PrunelimitError(f"model.input_shape must be [C, H, W] with positive sizes, got {self.input_shape!r}")
         if self.checkpoint is not None and not self.checkpoint.strip():
-            self.checkpoint = None
+            object.__setattr__(self, "checkpoint", None)  # frozen: normalised once, here
 
 
-@dataclass
+@dataclass(frozen=True)
 class GPConfig:
     methods: list[str] = field(default_factory=lambda: ["gp", "gp_mt"])  # which prunings to run and compare
     sparsity_from: str = "config"      # "config": prune.sparsity; "predicted_limit": the limit pipeline's p*
@@ -59,7 +59,7 @@ class GPConfig:
             raise PrunelimitError(f"gp.sparsity_from must be 'config' or 'predicted_limit', got {self.sparsity_from!r}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class StagesConfig:
     train: bool = True                 # train the dense model (skipped when model.checkpoint is given)
     sweep: bool = True                 # one-shot pruning sweep (original key: sparse)

@@ -63,6 +63,6 @@ def digits_dataset(train: bool) -> ImageTensorDataset:
     "digits", 10, (1, 8, 8), (DIGITS_MEAN,), (DIGITS_STD,),
     f"scikit-learn's bundled 8x8 handwritten digits (1797 images), fixed stratified split "
     f"{DIGITS_NUM_TRAIN} train / {DIGITS_NUM_TEST} test; pixels/16 standardised with the train mean/std.",
-    "Bundled with scikit-learn (sklearn.datasets.load_digits); nothing to download."))
+    "Bundled with scikit-learn (sklearn.datasets.load_digits); nothing to download."), downloads=False)
 def _digits(root, train: bool, *, download: bool, augment: bool) -> ImageTensorDataset:
     return digits_dataset(train)

@@ -122,7 +122,7 @@ def imagenet_dataset(root: Path, train: bool, augment: bool) -> datasets.ImageFo
     "Tiny ImageNet, 100 000 train / 10 000 val (used as the test split), 64x64 colour, 200 classes; "
     "normalised with the ImageNet mean/std.",
     "Download http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it into <data_path> so that "
-    "<data_path>/tiny-imagenet-200/wnids.txt exists (automatic download is not offered)."))
+    "<data_path>/tiny-imagenet-200/wnids.txt exists (automatic download is not offered)."), downloads=False)
 def _tinyimagenet(root: Path, train: bool, *, download: bool, augment: bool) -> ImageListDataset:
     return tinyimagenet_dataset(root, train, augment)
 
@@ -132,6 +132,6 @@ def _tinyimagenet(root: Path, train: bool, *, download: bool, augment: bool) -> 
     "ImageNet ILSVRC-2012 as an image folder, 1.28 M train / 50 000 val (used as the test split).",
     "Get ILSVRC-2012 from https://image-net.org (registration required) and arrange it as "
     "<data_path>/train/<wnid>/*.JPEG and <data_path>/val/<wnid>/*.JPEG (validation images sorted into "
-    "class folders); <data_path>/imagenet/train and .../val are also accepted."))
+    "class folders); <data_path>/imagenet/train and .../val are also accepted."), downloads=False)
 def _imagenet(root: Path, train: bool, *, download: bool, augment: bool) -> datasets.ImageFolder:
     return imagenet_dataset(root, train, augment)

@@ -17,7 +17,7 @@ DEFAULT_DATA_PATH = "datasets"
 ARRAY_FILE_SUFFIXES = (".npz", ".pt", ".pth")   # a dataset value ending so is read as dataset: arrays
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     dataset: str = "digits"  # registry name (list_datasets()); spelling variants like "CIFAR-10" are normalised
     data_path: str = DEFAULT_DATA_PATH  # folder holding the datasets' files (ignored by digits)
@@ -27,7 +27,8 @@ class DataConfig:
     use_full_data: bool = True  # original key: Hessian and epsilon statistics use the whole training set
     mean: list[float] | None = None  # arrays/imagefolder: per-channel mean; None: computed from the train split
     std: list[float] | None = None  # arrays/imagefolder: per-channel std; None: computed from the train split
-    image_size: list[int] | None = None  # imagefolder: [height, width] (or one int) every image is resized to
+    image_size: list[int] | int | None = None  # imagefolder: [height, width] every image is resized to;
+                                               # one int: a square of that size
 
     def options(self) -> dict:
         """The keys that only datasets read from user files take (those that are set)."""
@@ -40,10 +41,11 @@ class DataConfig:
                 raise PrunelimitError(f"data key 'dataset' names the file {os.fspath(self.dataset)!r} and 'data_path' "
                                       f"is {self.data_path!r}; give the file in one of them (dataset: arrays, "
                                       f"data_path: FILE)")
-            self.dataset, self.data_path = "arrays", os.fspath(self.dataset)
-        self.dataset = canonical_name(self.dataset, key="data key 'dataset'")
+            object.__setattr__(self, "data_path", os.fspath(self.dataset))  # frozen: normalised once, here
+            object.__setattr__(self, "dataset", "arrays")
+        object.__setattr__(self, "dataset", canonical_name(self.dataset, key="data key 'dataset'"))
         if isinstance(self.data_path, os.PathLike):
-            self.data_path = os.fspath(self.data_path)
+            object.__setattr__(self, "data_path", os.fspath(self.data_path))
         if not isinstance(self.data_path, str) or not self.data_path.strip():
             raise PrunelimitError(f"data key 'data_path' must be a folder path, got {self.data_path!r}")
         for key in ("download", "augment", "use_full_data"):
@@ -62,16 +64,16 @@ class DataConfig:
                                       f"(e.g. [0.5, 0.5, 0.5]); got {v!r}")
             if v is not None and key == "std" and min(v) <= 0:
                 raise PrunelimitError(f"data key 'std' must be > 0 for every channel; got {v!r}")
-            setattr(self, key, None if v is None else [float(x) for x in v])
+            object.__setattr__(self, key, None if v is None else [float(x) for x in v])
         if isinstance(self.image_size, int) and not isinstance(self.image_size, bool):
-            self.image_size = [self.image_size, self.image_size]
+            object.__setattr__(self, "image_size", [self.image_size, self.image_size])
         if self.image_size is not None and (
                 not isinstance(self.image_size, (list, tuple)) or len(self.image_size) != 2
                 or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in self.image_size)):
             raise PrunelimitError(f"data key 'image_size' must be [height, width] (or one int) in pixels; "
                                   f"got {self.image_size!r}")
         if self.image_size is not None:
-            self.image_size = list(self.image_size)
+            object.__setattr__(self, "image_size", list(self.image_size))
         if self.download:
             refuse_download(self.dataset)
         unused = [k for k in self.options() if k not in _DATASETS.get(self.dataset, _NO_OPTIONS).options]
@@ -96,6 +98,7 @@ class _Entry:
     # datasets read from the user's files: their facts come from the files, and the factory takes options
     describe: Callable[..., DatasetInfo] | None = None   # (root: Path, **options) -> DatasetInfo
     options: tuple[str, ...] = ()                         # which of USER_DATA_OPTIONS the factory takes
+    downloads: bool = True                                # the factory fetches missing files when download=True
 
 
 _NO_OPTIONS = _Entry(None, None)  # type: ignore[arg-type]
@@ -109,7 +112,7 @@ def _squash(name: str) -> str:
 
 
 def register_dataset(info: DatasetInfo, *, describe: Callable[..., DatasetInfo] | None = None,
-                     options: tuple[str, ...] = ()):
+                     options: tuple[str, ...] = (), downloads: bool = True):
     """Decorator: register ``factory(root, train, *, download, augment) -> Dataset`` as ``info.name``.
 
     A dataset whose classes and shape come from the user's files gives ``describe(root, **options) ->
@@ -117,7 +120,8 @@ def register_dataset(info: DatasetInfo, *, describe: Callable[..., DatasetInfo] 
     take as keyword arguments; ``info`` is then what ``ls datasets`` shows (``num_classes`` 0).
 
     ``root`` is the data folder (a ``Path``); ``augment`` asks for the training transform on the train
-    split; ``download`` allows fetching missing files. Samples must be ``(float32 (C, H, W), int label)``
+    split; ``download`` allows fetching missing files; a factory that cannot fetch its files registers with
+    ``downloads=False``, and ``download: true`` is then refused instead of ignored. Samples must be ``(float32 (C, H, W), int label)``
     with ``info``'s shape, normalised with ``info``'s mean/std. Names are matched case-insensitively
     with ``-``/``_`` ignored."""
     if _squash(info.name) != info.name:
@@ -127,19 +131,21 @@ def register_dataset(info: DatasetInfo, *, describe: Callable[..., DatasetInfo] 
     def deco(factory: DatasetFactory) -> DatasetFactory:
         if info.name in _DATASETS:
             raise PrunelimitError(f"register_dataset: {info.name!r} is already registered")
-        _DATASETS[info.name] = _Entry(info, factory, describe, tuple(options))
+        _DATASETS[info.name] = _Entry(info, factory, describe, tuple(options), downloads and describe is None)
         return factory
 
     return deco
 
 
 def refuse_download(name: str) -> None:
-    """Raise when ``download`` is asked of a dataset read from the user's own files (it would be ignored)."""
+    """Raise when ``download`` is asked of a dataset that cannot fetch its files (it would be ignored)."""
     entry = _DATASETS.get(name)
-    if entry is not None and entry.describe is not None:
-        raise PrunelimitError(f"data key 'download' (data.download, --download) is true, but dataset {name!r} is "
-                              f"read from your own files at data_path and there is nothing to download; "
-                              f"remove download")
+    if entry is None or entry.downloads:
+        return
+    why = ("is read from your own files at data_path and there is nothing to download" if entry.describe is not None
+           else f"is not fetched automatically ({entry.info.how_to_get.rstrip('.')})")
+    raise PrunelimitError(f"data key 'download' (data.download, --download) is true, but dataset {name!r} {why}; "
+                          f"remove download")
 
 
 def list_datasets() -> list[str]:

@@ -10,7 +10,7 @@ from prunelimit.errors import PrunelimitError
 EPSILON_MODES = ("loss_std",)
 
 
-@dataclass
+@dataclass(frozen=True)
 class LimitConfig:
     epsilon: float | str = "loss_std"   # loss tolerance: "loss_std" (std of per-batch train loss at w*) or a number > 0
     epsilon_ddof: int = 0               # "loss_std" divisor n - ddof: 0 = np.std as in the original, 1 = sample std

@@ -12,20 +12,21 @@ from .select import check_sparsity
 from prunelimit.errors import PrunelimitError
 
 
-@dataclass
+@dataclass(frozen=True)
 class PruneConfig:
     sparsity: float = 0.9  # fraction of prunable weights removed (0.9 = 90 %); keep_fraction = 1 - sparsity
     min_threshold: float | None = None  # MT: per-layer floor in percent of N (0.05 = 0.05 %); None or 0 = plain GP
     mt_mode: str = "proportional"  # "proportional" (published pipeline) or "global" (water-filling, paper text)
-    include: list[str] | None = None  # module/parameter name patterns to prune (default: Conv2d/Linear weights)
-    exclude: list[str] | None = None  # module/parameter name patterns to leave dense
+    include: list[str] | str | None = None  # module/parameter name patterns to prune (default: Conv2d/Linear weights)
+    exclude: list[str] | str | None = None  # module/parameter name patterns to leave dense
     rule: str = "exact"  # "exact" (k pruned) or "original" (k-1 pruned, as the published GP code)
 
     def __post_init__(self):
-        self.sparsity = check_sparsity(self.sparsity, "prune.sparsity")
+        # frozen: the normalised values are set once, here
+        object.__setattr__(self, "sparsity", check_sparsity(self.sparsity, "prune.sparsity"))
         if self.min_threshold is not None:
             try:
-                self.min_threshold = check_min_threshold(self.min_threshold)
+                object.__setattr__(self, "min_threshold", check_min_threshold(self.min_threshold))
             except ValueError as e:
                 raise PrunelimitError(f"prune.min_threshold: {e}") from None
         if self.mt_mode not in MT_MODES:
@@ -43,7 +44,7 @@ class PruneConfig:
                                       not all(isinstance(v, str) and v for v in value)):
                 raise PrunelimitError(f"prune.{key} must be a list of name patterns such as ['layer1.*', 'fc'], "
                                  f"got {value!r}")
-            setattr(self, key, list(value) if value is not None else None)
+            object.__setattr__(self, key, list(value) if value is not None else None)
 
     @property
     def uses_min_threshold(self) -> bool:

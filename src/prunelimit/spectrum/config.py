@@ -8,7 +8,7 @@ DENSITY_KERNELS = ("gaussian", "original")
 CACHE_GRAPH_MODES = ("auto", "true", "false")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SpectrumConfig:
     lanczos_iter: int = 128          # Lanczos steps (HVPs) per probe; original 128, 96 for AlexNet
     lanczos_num: int = 1             # SLQ probes (random start vectors); original 1
@@ -20,7 +20,8 @@ class SpectrumConfig:
     important_eigs: bool = False     # sample Hessian rows at magnitude quantiles for the flat mass q
     row_quantiles: int = 100         # number of magnitude quantiles sampled (original 100)
     row_threshold: float = 1e-7      # a row with L1 norm below this is a flat direction
-    cache_graph: str = "auto"        # keep the gradient graph between HVPs: "auto", "true" or "false"
+    cache_graph: str | bool = "auto"  # keep the gradient graph between HVPs: "auto", "true" or "false"
+                                     # (YAML true/false become "true"/"false")
     memory_budget: str | float | None = None  # cached graphs' memory: "6GiB", bytes, a fraction of the
                                      # available RAM / free CUDA memory; null = half of it
     hessian_batch_size: int | None = None  # samples per Hessian batch with full data; null = the
@@ -56,10 +57,10 @@ class SpectrumConfig:
         if not (isinstance(self.row_threshold, (int, float)) and self.row_threshold > 0):
             raise PrunelimitError(f"spectrum.row_threshold={self.row_threshold!r} must be a positive number")
         if isinstance(self.cache_graph, bool):  # YAML true/false
-            self.cache_graph = "true" if self.cache_graph else "false"
+            object.__setattr__(self, "cache_graph", "true" if self.cache_graph else "false")  # frozen
         if str(self.cache_graph).lower() not in CACHE_GRAPH_MODES:
             raise PrunelimitError(f"spectrum.cache_graph={self.cache_graph!r} must be one of {CACHE_GRAPH_MODES}")
-        self.cache_graph = str(self.cache_graph).lower()
+        object.__setattr__(self, "cache_graph", str(self.cache_graph).lower())
         if self.memory_budget is not None:
             from prunelimit.spectrum.memory import resolve_budget
 

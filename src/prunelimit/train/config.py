@@ -18,7 +18,7 @@ L1_PARAM_SETS = ("weight_bias", "prunable", "all")
 ITERATION_COMPAT_SCHEDULES = ("none", "multistep", "cosine")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 200                 # number of passes over the training set
     batch_size: int = 128             # total over all processes (each rank loads batch_size // world_size)
@@ -51,7 +51,7 @@ class TrainConfig:
             if not isinstance(getattr(self, name), bool):
                 raise PrunelimitError(f"train config key {name!r} must be true or false, got {getattr(self, name)!r}")
         for name in ("lr", "momentum", "weight_decay", "label_smoothing", "gamma", "l1_lambda"):
-            setattr(self, name, _check_float(name, getattr(self, name)))
+            object.__setattr__(self, name, _check_float(name, getattr(self, name)))  # frozen
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("criterion", self.criterion, CRITERIA)
         _check_choice("schedule", self.schedule, SCHEDULES)
@@ -97,7 +97,7 @@ class TrainConfig:
         if self.schedule == "step" and len(ms) != 1:
             raise PrunelimitError(f"train config key 'milestones' must hold exactly one value (the period in epochs) "
                              f"for schedule 'step', got {ms}; use schedule 'multistep' for a list")
-        self.milestones = ms
+        object.__setattr__(self, "milestones", ms)
 
 
 def _check_int(name: str, value, minimum: int) -> None:
