@@ -58,6 +58,8 @@ _EXPORTS = {
     "finetune": "prunelimit.train",
     "evaluate": "prunelimit.train",
     "HessianOperator": "prunelimit.spectrum",
+    "GaussNewtonOperator": "prunelimit.spectrum",
+    "RestrictedOperator": "prunelimit.spectrum",
     "slq_spectrum": "prunelimit.spectrum",
     "top_eigenvalues": "prunelimit.spectrum",
     "hessian_trace": "prunelimit.spectrum",

@@ -6,6 +6,7 @@
 """
 from prunelimit.spectrum.config import SpectrumConfig
 from prunelimit.spectrum.density import original_density, spectral_density
+from prunelimit.spectrum.gauss_newton import GaussNewtonOperator, curvature_operator
 from prunelimit.spectrum.eigen import hessian_trace, top_eigenvalues
 from prunelimit.spectrum.lanczos import (LanczosInfo, format_bytes, lanczos_tridiagonal, memory_estimate,
                                          memory_message, rademacher, slq_spectrum, tridiagonal_eigh)
@@ -16,8 +17,8 @@ from prunelimit.spectrum.restricted import RestrictedOperator
 from prunelimit.spectrum.rows import RowNormResult, hessian_row_norms
 
 __all__ = [
-    "HessianOperator", "LanczosInfo", "MatrixOperator", "MemoryBudget", "RestrictedOperator", "RowNormResult",
-    "SpectrumConfig", "format_bytes", "hessian_parameters", "hessian_row_norms", "hessian_trace",
+    "GaussNewtonOperator", "HessianOperator", "LanczosInfo", "MatrixOperator", "MemoryBudget", "RestrictedOperator", "RowNormResult",
+    "SpectrumConfig", "curvature_operator", "format_bytes", "hessian_parameters", "hessian_row_norms", "hessian_trace",
     "lanczos_tridiagonal", "memory_estimate", "memory_message", "original_density", "plot_density",
     "plot_row_norms", "rademacher", "resolve_budget", "slq_spectrum", "spectral_density", "top_eigenvalues",
     "tridiagonal_eigh",

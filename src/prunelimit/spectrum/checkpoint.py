@@ -35,9 +35,14 @@ VERSION = 1
 
 
 def operator_signature(op) -> dict:
-    """What identifies the operator's matrix cheaply: its size, sample count and loss at the weights."""
-    return {"dim": int(op.dim),
-            "num_samples": getattr(op, "num_samples", None), "loss": getattr(op, "loss", None)}
+    """What identifies the operator's matrix cheaply: its size, sample count and loss at the weights, and
+    which matrix of them it is (the Gauss-Newton matrix shares all three with the Hessian)."""
+    sig = {"dim": int(op.dim),
+           "num_samples": getattr(op, "num_samples", None), "loss": getattr(op, "loss", None)}
+    curvature = getattr(op, "curvature", "hessian")
+    if curvature != "hessian":   # absent for the Hessian, so states saved before this key existed still match
+        sig["curvature"] = curvature
+    return sig
 
 
 class LanczosCheckpoint:

@@ -8,13 +8,15 @@ import warnings
 import torch
 
 from prunelimit.spectrum.checkpoint import LanczosCheckpoint
-from prunelimit.spectrum.lanczos import _LanczosRun, _op_device, _op_dtype, rademacher, tridiagonal_eigh
+from prunelimit.spectrum.host_basis import wants_host_basis
+from prunelimit.spectrum.lanczos import (_LanczosRun, _op_device, _op_dtype, memory_estimate, rademacher,
+                                         tridiagonal_eigh)
 from prunelimit.spectrum.operator import apply_operator
 from prunelimit.errors import PrunelimitError
 
 
 def top_eigenvalues(op, k: int, *, max_iter: int = 100, tol: float = 1e-4, seed: int = 0,
-                    checkpoint: LanczosCheckpoint | str | os.PathLike | None = None
+                    checkpoint: LanczosCheckpoint | str | os.PathLike | None = None, basis_device: str = "same"
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` largest ALGEBRAIC eigenvalues of H (descending) and their eigenvectors.
 
@@ -26,7 +28,8 @@ def top_eigenvalues(op, k: int, *, max_iter: int = 100, tol: float = 1e-4, seed:
     eigenvalue is found once per Krylov block (more copies only after a breakdown restart).
     Returns (eigenvalues (k,) float64 CPU, eigenvectors (k, dim) unit rows in the operator's dtype);
     warns when ``max_iter`` steps did not reach ``tol``. ``checkpoint``: a resumable
-    run, as in ``slq_spectrum``.
+    run, as in ``slq_spectrum``; ``basis_device`` as there (with a host-memory basis the Ritz vectors
+    are formed in host memory and returned on the operator's device).
     """
     dim = op.dim
     if not isinstance(k, int) or not 1 <= k <= dim:
@@ -37,7 +40,8 @@ def top_eigenvalues(op, k: int, *, max_iter: int = 100, tol: float = 1e-4, seed:
         raise PrunelimitError(f"tol={tol!r} must be positive")
     capacity = min(max_iter, dim)
     start = rademacher(1, dim, seed, _op_dtype(op), _op_device(op))
-    run = _LanczosRun(op, start, capacity, seed=seed, checkpoint=LanczosCheckpoint.of(checkpoint))
+    host = wants_host_basis(basis_device, _op_device(op), memory_estimate(dim, capacity, _op_dtype(op)))
+    run = _LanczosRun(op, start, capacity, seed=seed, checkpoint=LanczosCheckpoint.of(checkpoint), host_basis=host)
     run.advance_to(min(capacity, max(k + 1, 2 * k)))   # a resumed run may be past this already
     while True:
         m = run.lengths[0]
@@ -59,7 +63,7 @@ def top_eigenvalues(op, k: int, *, max_iter: int = 100, tol: float = 1e-4, seed:
     basis = run.probe_basis(0)                                           # (m, dim)
     vectors = evecs[:, top].T.to(basis) @ basis                           # (k, dim) Ritz vectors
     vectors = vectors / vectors.double().norm(dim=1, keepdim=True).to(vectors)
-    return evals[top].clone(), vectors
+    return evals[top].clone(), vectors.to(_op_device(op))
 
 
 def hessian_trace(op, samples: int, *, seed: int = 0, batch: int = 8) -> tuple[float, float]:

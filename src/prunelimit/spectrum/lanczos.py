@@ -24,6 +24,7 @@ from tqdm import tqdm
 from prunelimit import dist
 from prunelimit.errors import PrunelimitError
 from prunelimit.spectrum.checkpoint import LanczosCheckpoint
+from prunelimit.spectrum.host_basis import RowStreamer, allocate_host, orthogonalize_streamed, wants_host_basis
 from prunelimit.spectrum.memory import format_bytes
 from prunelimit.spectrum.operator import apply_operator
 from prunelimit.spectrum.reductions import dot64, norm64, project64
@@ -89,7 +90,9 @@ class _LanczosRun:
 
     def __init__(self, op, start: torch.Tensor, capacity: int, *, reorthogonalize: bool = True,
                  seed: int = 0, show_progress: bool = False, desc: str = "Lanczos",
-                 checkpoint: LanczosCheckpoint | None = None):
+                 checkpoint: LanczosCheckpoint | None = None, host_basis: bool = False):
+        """``host_basis``: the basis in host memory, three working rows on the operator's device
+        (host_basis.py); False: the basis on the operator's device."""
         self.op, self.reorth, self.show_progress, self.desc = op, reorthogonalize, show_progress, desc
         self.seed, self.checkpoint = int(seed), checkpoint
         dtype, device = _op_dtype(op), _op_device(op)
@@ -97,7 +100,13 @@ class _LanczosRun:
         self.P, self.dim, self.capacity = P, dim, capacity
         # the one flat buffer, step-major: row j holds all probes' j-th vectors contiguously, so a
         # step writes (and a checkpoint appends) one contiguous block
-        self.basis = torch.empty(capacity, P, dim, dtype=dtype, device=device)
+        self.host_basis = host_basis
+        if host_basis:   # rows j-1, j and w on the device; the basis in (pinned, for CUDA) host memory
+            self.basis = allocate_host((capacity, P, dim), dtype, pin=device.type == "cuda")
+            self._window = torch.empty(3, P, dim, dtype=dtype, device=device)
+            self._streamer = RowStreamer(dim, dtype, device)
+        else:
+            self.basis = torch.empty(capacity, P, dim, dtype=dtype, device=device)
         self.alpha = torch.zeros(P, capacity, dtype=torch.float64)
         self.beta = torch.zeros(P, max(capacity - 1, 0), dtype=torch.float64)
         self.residual = torch.zeros(P, dtype=torch.float64)  # raw ||w|| after the last step
@@ -109,16 +118,38 @@ class _LanczosRun:
         self._scratch: torch.Tensor | None = None             # HVP output of the last step (no next row)
         self.hvp_seconds = self.bookkeeping_seconds = 0.0     # see _account
         self.second_passes = 0                                 # DGKS repeats of the re-orthogonalisation
-        q = self.basis[0]
+        self.j = 0
+        q = self._row(0)
         q.copy_(start)
         norms = norm64(q)
         if not torch.all(norms > 0):
             raise PrunelimitError("a Lanczos start vector is zero; pass a non-zero v0")
         for p in range(P):
             q[p].mul_(1.0 / float(norms[p]))
-        self.j = 0
+        if host_basis:
+            self.basis[0].copy_(q)
         if checkpoint is not None and checkpoint.restore(self):
             log.info(f"{desc}: resumed at step {self.j} of {capacity} from {checkpoint.dir}")
+            if host_basis:   # the device rows of the restored step
+                self._window[1].copy_(self.basis[self.j if self.j < capacity else capacity - 1])
+                if 0 < self.j < capacity:
+                    self._window[0].copy_(self.basis[self.j - 1])
+
+    # Rows the step works on (P, dim), on the operator's device: row j of the basis itself, or with
+    # the basis in host memory the device window [q_{j-1}, q_j, w], shifted by _commit after each step.
+    def _row(self, j: int) -> torch.Tensor:
+        return self._window[1 + j - self.j] if self.host_basis else self.basis[j]
+
+    def _pair(self, j: int, p: int) -> torch.Tensor:
+        """(2, dim): q_{j-1}, q_j of probe p."""
+        return self._window[0:2, p] if self.host_basis else self.basis[j - 1:j + 1, p]
+
+    def _commit(self, j: int) -> None:
+        """Host basis: store the new row j+1 and shift the device window by one step."""
+        if self.host_basis:
+            self.basis[j + 1].copy_(self._window[2])
+            self._window[0].copy_(self._window[1])
+            self._window[1].copy_(self._window[2])
 
     def _orthogonalize(self, w: torch.Tensor, upto: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Remove in place the components of each row of w (P, dim) along its probe's first ``upto``
@@ -134,6 +165,10 @@ class _LanczosRun:
         last = torch.zeros(self.P, dtype=torch.float64)
         for p in range(self.P):
             Q = self.basis[:upto, p]                                       # (upto, dim)
+            if self.host_basis:                                            # streamed from host memory
+                norms2[p], last[p], extra = orthogonalize_streamed(self._streamer, Q, w[p])
+                self.second_passes += extra
+                continue
             for attempt in range(2):
                 c = project64(Q, w[p])                                     # (upto,) float64
                 w[p].addmv_(Q.T, c.to(w.dtype), alpha=-1)
@@ -162,14 +197,14 @@ class _LanczosRun:
         for j in bar:
             if not any(self.active):
                 break
-            q = self.basis[j]                                                  # (P, dim)
+            q = self._row(j)                                                   # (P, dim)
             # w = H q is written straight into the next basis row, updated there in place and
             # normalised there: the step allocates no full-length vector
             last = j + 1 == self.capacity
             if last and self._scratch is None:
-                self._scratch = torch.empty_like(q)
+                self._scratch = self._window[2] if self.host_basis else torch.empty_like(q)
             started = time.perf_counter()
-            w = apply_operator(self.op, q, out=self._scratch if last else self.basis[j + 1])
+            w = apply_operator(self.op, q, out=self._scratch if last else self._row(j + 1))
             hvp_done = time.perf_counter()
             # alpha_j = q_j·w. With re-orthogonalisation a float32 estimate suffices here: the exact
             # remainder (alpha_j - estimate) q_j stays in w and the float64-accurate projection onto
@@ -182,7 +217,7 @@ class _LanczosRun:
                     w[p].add_(q[p], alpha=-float(a_dev[p]))
                 else:
                     coef = torch.tensor([-float(self.beta[p, j - 1]), -float(a_dev[p])], dtype=w.dtype)
-                    w[p].addmv_(self.basis[j - 1:j + 1, p].T, coef.to(w.device))
+                    w[p].addmv_(self._pair(j, p).T, coef.to(w.device))
             if self.reorth:
                 norms2, remainder = self._orthogonalize(w, j + 1)
                 a_dev = a_dev.to(w.dtype).double() + remainder.to(a_dev.device)  # the float32 alpha used above
@@ -218,6 +253,7 @@ class _LanczosRun:
                     b[p] = 0.0
                     self.restarts[p].append(j + 1)
             self.beta[:, j] = b
+            self._commit(j)
             self._account(started, hvp_done)
             self._maybe_save()
 
@@ -254,19 +290,21 @@ def tridiagonal_eigh(alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Ten
 
 
 def lanczos_tridiagonal(op, steps: int, *, v0: torch.Tensor | None = None, seed: int = 0,
-                        reorthogonalize: bool = True, show_progress: bool = False
+                        reorthogonalize: bool = True, show_progress: bool = False, basis_device: str = "same"
                         ) -> tuple[torch.Tensor, torch.Tensor, LanczosInfo]:
     """``steps`` Lanczos steps from ``v0`` (default: a Rademacher vector drawn with ``seed``).
 
     Returns (alpha (n,), beta (n-1,), info), float64 on CPU, with n = steps unless the Krylov space
-    was exhausted. T = tridiag(beta, alpha, beta) has the Ritz values as eigenvalues."""
+    was exhausted. T = tridiag(beta, alpha, beta) has the Ritz values as eigenvalues. ``basis_device``:
+    "same" (the operator's device), "cpu" (host memory, rows streamed; host_basis.py) or "auto"."""
     _check_steps(steps, op.dim)
     if v0 is None:
         v0 = rademacher(1, op.dim, seed)[0]
     if v0.ndim != 1 or v0.numel() != op.dim:
         raise PrunelimitError(f"v0 must be a 1-D vector of length dim={op.dim}; got shape {tuple(v0.shape)}")
+    host = wants_host_basis(basis_device, _op_device(op), memory_estimate(op.dim, steps, _op_dtype(op)))
     run = _LanczosRun(op, v0.unsqueeze(0), steps, reorthogonalize=reorthogonalize, seed=seed,
-                      show_progress=show_progress)
+                      show_progress=show_progress, host_basis=host)
     run.advance(steps)
     alpha, beta = run.tridiagonal(0)
     info = LanczosInfo(basis=run.probe_basis(0), steps=run.lengths[0],
@@ -277,7 +315,7 @@ def lanczos_tridiagonal(op, steps: int, *, v0: torch.Tensor | None = None, seed:
 def slq_spectrum(op, steps: int, probes: int, *, seed: int = 0, show_progress: bool = False,
                  start: torch.Tensor | None = None, probe_batch: int | None = None,
                  checkpoint: LanczosCheckpoint | str | os.PathLike | None = None,
-                 reorthogonalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                 reorthogonalize: bool = True, basis_device: str = "same") -> tuple[torch.Tensor, torch.Tensor]:
     """Stochastic Lanczos quadrature: the spectral measure of H as nodes and weights.
 
     For each probe (a normalised Rademacher vector, or the rows of ``start`` (probes, dim)): run
@@ -290,7 +328,9 @@ def slq_spectrum(op, steps: int, probes: int, *, seed: int = 0, show_progress: b
     (checkpoint.py) and resume from it, so a killed run continues with identical Ritz values; one
     subdirectory per group of probes. The caller removes it (``clear()``) once the result is stored.
     ``reorthogonalize=False``: the plain three-term recurrence (the basis is still kept, for
-    checkpoints): cheaper steps at scale, at the accuracy benchmarks/bench_reorth.py measures."""
+    checkpoints): cheaper steps at scale, at the accuracy benchmarks/bench_reorth.py measures.
+    ``basis_device``: "same" (the operator's device), "cpu" (host memory, one row at a time on the
+    accelerator; host_basis.py) or "auto" (host memory when the accelerator's free memory lacks room)."""
     _check_steps(steps, op.dim)
     if not isinstance(probes, int) or probes < 1:
         raise PrunelimitError(f"lanczos_num={probes!r} (number of SLQ probes) must be a positive integer")
@@ -301,13 +341,14 @@ def slq_spectrum(op, steps: int, probes: int, *, seed: int = 0, show_progress: b
     chunk = probes if probe_batch is None else max(1, int(probe_batch))
     checkpoint = LanczosCheckpoint.of(checkpoint)
     log.info(memory_message(op.dim, steps, _op_dtype(op), chunk))
+    host = wants_host_basis(basis_device, _op_device(op), memory_estimate(op.dim, steps, _op_dtype(op), chunk))
     nodes, weights = [], []
     for first in range(0, probes, chunk):
         block = start[first:first + chunk]
         ckpt = checkpoint.child(f"probes_{first}") if checkpoint is not None else None
         run = _LanczosRun(op, block, steps, seed=seed + first, show_progress=show_progress,
                           desc=f"SLQ probes {first + 1}-{first + block.shape[0]}/{probes}", checkpoint=ckpt,
-                          reorthogonalize=reorthogonalize)
+                          reorthogonalize=reorthogonalize, host_basis=host)
         run.advance_to(steps)
         for p in range(block.shape[0]):
             evals, evecs = tridiagonal_eigh(*run.tridiagonal(p))

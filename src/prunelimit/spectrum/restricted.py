@@ -43,7 +43,7 @@ class RestrictedOperator:
             raise PrunelimitError("the masks keep no weight: the restricted Hessian is empty")
         self.op, self.dim, self.full_dim = op, int(self.index.numel()), op.dim
         self.dtype, self.device = op.dtype, op.device
-        for name in ("num_samples", "loss"):       # what identifies the matrix (checkpoints)
+        for name in ("num_samples", "loss", "curvature"):   # what identifies the matrix (checkpoints)
             if hasattr(op, name):
                 setattr(self, name, getattr(op, name))
         self.num_matvecs = 0

@@ -1,0 +1,257 @@
+"""The generalised Gauss-Newton matrix G = Jᵀ H_out J: a PSD stand-in for the Hessian at half the memory.
+
+For the mean loss L = (1/N) Σ_b n_b · loss_b(f(x_b; θ)) the Hessian splits into
+
+    H = (1/N) Σ_b J_bᵀ H_b J_b  +  (1/N) Σ_b Σ_o (∂(n_b loss_b)/∂z_o) ∂²z_o/∂θ²
+
+with z = f(x_b; θ) the batch's outputs (logits), J_b = ∂z/∂θ and H_b = ∂²(n_b loss_b)/∂z² the Hessian of
+the loss in the outputs. G keeps the first term. For a loss convex in the outputs (cross-entropy,
+MSE) H_b ⪰ 0, so G ⪰ 0: every eigenvalue is >= 0. At a minimum where the model fits the data the
+second term vanishes and G = H; elsewhere they differ.
+
+An HVP needs no second-order graph of the network: G v = Jᵀ (H_b (J v)) per batch, with
+- J v by the double-vjp trick: with a dummy u of z's shape, Jᵀu = ∂(z·u)/∂θ is linear in u, so
+  J v = ∂(Jᵀu · v)/∂u (one backward with ``create_graph`` through the cached forward, one back through it);
+- H_b (J v) by autograd on the loss as a function of the detached outputs (any loss; the graph is the
+  size of the logits, not of the network);
+- Jᵀ w by one ordinary backward through the cached forward.
+So a cached batch holds only its forward graph (the activations of one backward), where the Hessian's
+cache holds the graph of the gradient as well: about half the memory. The cost per HVP is three
+backward-sized passes against the Hessian's one double backward.
+
+``GaussNewtonOperator`` takes the same arguments as ``HessianOperator`` (batches, memory budget,
+``cache_graph``, DDP, regularizer) and has its interface, so SLQ, top-k, the trace, Hessian rows,
+``RestrictedOperator`` and the limit prediction run on it unchanged. A ``regularizer`` adds its exact
+Hessian (zero almost everywhere for the L1 term; λI for an L2 term), as in ``HessianOperator``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from prunelimit import dist
+from prunelimit.errors import PrunelimitError
+from prunelimit.spectrum.memory import GraphMeter, MemoryBudget, format_bytes
+from prunelimit.spectrum.operator import HessianOperator, _eval_mode, _flat
+from prunelimit.spectrum.second_order import missing_derivative, second_order_forward
+from prunelimit.train.batches import ModelLoss, call_model
+
+MATRICES = ("hessian", "gauss_newton")
+
+
+class _BatchCurvature:
+    """One batch's forward graph and the loss's curvature in its outputs.
+
+    ``outputs`` (B, ...) carries the network's graph; ``leaf`` is a detached copy that requires grad and
+    ``output_grad`` = ∂(n_b loss_b)/∂leaf built with ``create_graph``, so ∂(output_grad · w)/∂leaf =
+    H_b w. ``output_grad`` is None when the loss is linear in the outputs (H_b = 0)."""
+
+    def __init__(self, outputs: torch.Tensor, leaf: torch.Tensor, output_grad: torch.Tensor | None):
+        self.outputs, self.leaf, self.output_grad = outputs, leaf, output_grad
+
+    def output_hvp(self, w: torch.Tensor) -> torch.Tensor:
+        if self.output_grad is None:
+            return torch.zeros_like(w)
+        return torch.autograd.grad(self.output_grad, self.leaf, grad_outputs=w, retain_graph=True)[0]
+
+
+class GaussNewtonOperator(HessianOperator):
+    """G = (1/N) Σ_b J_bᵀ H_b J_b (+ the regularizer's Hessian) over ``batches``; see the module docstring.
+
+    Arguments as ``HessianOperator``; ``loss_fn(output, target)`` must take the model's output tensor
+    (a ``pl.model_loss`` function of the whole batch hides the outputs, so it is refused)."""
+
+    curvature = "gauss_newton"   # which matrix (checkpoints tell it from the Hessian by this)
+    lean_graphs = False  # the lean graphs drop parts of the gradient's graph; G never builds that graph
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, batches: Iterable, *,
+                 params: Sequence[tuple[str, nn.Parameter]] | None = None,
+                 regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
+                 device: torch.device | str | None = None, cache_graph: bool | str = "auto",
+                 memory_budget: int | float | str | MemoryBudget | None = None,
+                 lean_graphs: bool | None = None, show_progress: bool = False):
+        if isinstance(loss_fn, ModelLoss):
+            raise PrunelimitError("the Gauss-Newton matrix needs the model's outputs apart from the loss, but "
+                                  "loss_fn is a pl.model_loss function of the whole batch; pass "
+                                  "loss_fn(output, target), or use the Hessian (matrix='hessian')")
+        if lean_graphs:
+            raise PrunelimitError("lean_graphs=True applies to the Hessian's gradient graphs; the Gauss-Newton "
+                                  "operator builds none — leave lean_graphs unset")
+        super().__init__(model, loss_fn, batches, params=params, regularizer=regularizer, device=device,
+                         cache_graph=cache_graph, memory_budget=memory_budget, lean_graphs=False,
+                         show_progress=show_progress)
+
+    # ------------------------------------------------------------------ construction
+    def _curvature(self, inputs, targets, n: int, i: int) -> tuple[_BatchCurvature, torch.Tensor]:
+        """Forward one batch with its graph; returns its curvature record and its mean loss."""
+        with second_order_forward(False):  # math attention, twice-differentiable hardsigmoid: J v
+            outputs = call_model(self.model, inputs)   # differentiates the backward w.r.t. its input
+        if not isinstance(outputs, torch.Tensor) or not outputs.is_floating_point():
+            raise PrunelimitError(f"the Gauss-Newton matrix needs the model to return one floating-point tensor "
+                                  f"(the logits); {type(self.model).__name__} returned "
+                                  f"{type(outputs).__name__} for batch {i}. Wrap the model so forward returns "
+                                  f"the logits, or use the Hessian (matrix='hessian')")
+        leaf = outputs.detach().requires_grad_(True)
+        loss = self.loss_fn(leaf, targets)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise PrunelimitError(f"loss_fn must return the batch's mean loss as a scalar tensor; batch {i} "
+                                  f"gave {type(loss).__name__} of shape {getattr(loss, 'shape', None)}")
+        loss = loss.reshape(())
+        output_grad = None
+        if loss.requires_grad:
+            output_grad = torch.autograd.grad(loss * n, leaf, create_graph=True)[0]
+            if not output_grad.requires_grad:
+                output_grad = None   # the loss is linear in the outputs: H_b = 0
+        return _BatchCurvature(outputs, leaf, output_grad), loss.detach()
+
+    def _build(self, cache_graph: bool | str) -> None:
+        """One pass over the data: count samples, check the loss, and cache the forward graphs of as
+        many batches as the memory budget allows (all, some or none)."""
+        self._records: list[_BatchCurvature] = []
+        count, loss_sum, bad_batch, sizes = 0, torch.zeros((), dtype=torch.float64), -1, []
+        plan = 0 if cache_graph is False else None   # batches to cache (None: until batch 0 is measured)
+        self.graph_bytes_first, self.gradient_bytes = None, 0   # no first-order gradients are kept
+        desc = "Gauss-Newton: caching forward graphs" if cache_graph is not False else "Gauss-Newton: checking loss"
+        with _eval_mode(self.model):
+            for i, (x, y, n) in enumerate(self._batches(desc)):
+                if plan is None or i < plan:
+                    meter = GraphMeter(self.params, self.device)
+                    with meter:
+                        record, loss = self._curvature(x, y, n, i)
+                        meter.add([record.output_grad])
+                    if plan is None:
+                        self.graph_bytes_first = meter.bytes
+                        plan = self._plan_cache(cache_graph, meter.bytes)
+                    if i < plan:
+                        self._records.append(record)
+                    del record
+                else:
+                    with torch.no_grad():
+                        loss = self._batch_loss(x, y, i)
+                if not torch.isfinite(loss).item() and bad_batch < 0:
+                    bad_batch = i
+                loss_sum += loss.double().cpu() * n
+                count += n
+                sizes.append(n)
+        stats = torch.tensor([float(count), loss_sum.item(), float(bad_batch >= 0)], dtype=torch.float64,
+                             device=self.device)
+        dist.all_reduce_sum(stats)
+        if stats[2].item() > 0:
+            where = f"batch {bad_batch}" if bad_batch >= 0 else "a batch on another rank"
+            raise PrunelimitError(f"the loss at the current weights is not finite ({where}); the model or data "
+                                  "contains inf/nan — check the checkpoint and the inputs before the Hessian")
+        if stats[0].item() == 0:
+            raise PrunelimitError("batches is empty; pass at least one (inputs, targets) batch")
+        plan = min(plan or 0, len(sizes))
+        self.local_count, self.num_samples = count, int(stats[0].item())
+        self.loss = stats[1].item() / self.num_samples
+        self.num_batches, self.cached_batches, self._cached_count = len(sizes), plan, sum(sizes[:plan])
+        self.cached = plan == len(sizes)
+        self._graph = None   # HessianOperator's gradient graph: not built here
+        self.cache_report = self._describe_cache()
+        self._build_regularizer()
+        self._gradient = None
+
+    def _describe_cache(self) -> str:
+        if self.budget is None:
+            return f"Gauss-Newton: {self.num_batches} batch(es) recomputed in every HVP (cache_graph=false)"
+        return (f"Gauss-Newton: memory budget {self.budget}; forward graph of batch 0 = "
+                f"{format_bytes(self.graph_bytes_first or 0)}; caching {self.cached_batches} of {self.num_batches} "
+                f"batch(es), recomputing {self.num_batches - self.cached_batches} in every HVP")
+
+    def _build_regularizer(self) -> None:
+        """The regularizer's gradient graph: its exact Hessian is added to G (as HessianOperator adds it)."""
+        self._reg_graph = None
+        if self.regularizer is None:
+            return
+        reg = self.regularizer(self.model)
+        if not isinstance(reg, torch.Tensor) or reg.numel() != 1 or not torch.isfinite(reg).item():
+            raise PrunelimitError(f"regularizer(model) must return a finite scalar tensor; got {reg!r}")
+        self.loss += reg.item()
+        if reg.requires_grad:
+            self._reg_graph = torch.autograd.grad(reg.reshape(()), self.params, create_graph=True,
+                                                  allow_unused=True)
+
+    # ------------------------------------------------------------------ products
+    def _batch_product(self, record: _BatchCurvature, V: torch.Tensor, into: torch.Tensor, keep: bool) -> None:
+        """Add (1/N) Jᵀ H_b J v for every row v of V (k, dim) to ``into``; ``keep``: the forward graph
+        stays for later HVPs (a cached batch)."""
+        outputs = record.outputs
+        # Jᵀu with its graph, linear in the dummy u: differentiating it w.r.t. u applies J
+        u = torch.zeros_like(outputs, requires_grad=True)
+        jtu = torch.autograd.grad(outputs, self.params, grad_outputs=u, create_graph=True, allow_unused=True)
+        live = [(t, s, p) for t, s, p in zip(jtu, self._starts, self.params) if t is not None and t.requires_grad]
+        k = V.shape[0]
+        for r in range(k):
+            if live:
+                pieces = [V[r, s:s + p.numel()].view(p.shape) for _, s, p in live]
+                jv = torch.autograd.grad([t for t, _, _ in live], u, grad_outputs=pieces, retain_graph=True)[0]
+            else:
+                jv = torch.zeros_like(outputs)
+            w = record.output_hvp(jv.detach()) / self.num_samples
+            back = torch.autograd.grad(outputs, self.params, grad_outputs=w.to(outputs.dtype),
+                                       retain_graph=keep or r < k - 1, allow_unused=True)
+            for g, s, p in zip(back, self._starts, self.params):
+                if g is not None:
+                    into[r, s:s + p.numel()].view(g.shape).add_(g)
+
+    def _local_hvp(self, V: torch.Tensor, out: torch.Tensor) -> None:
+        for record in self._records:
+            self._batch_product(record, V, out, keep=True)
+        if self.cached:
+            return
+        count = self._cached_count
+        with _eval_mode(self.model):
+            for i, (x, y, n) in enumerate(self._batches("Gauss-Newton: HVP", skip=self.cached_batches),
+                                          start=self.cached_batches):
+                record, _ = self._curvature(x, y, n, i)
+                self._batch_product(record, V, out, keep=False)
+                count += n
+        if count != self.local_count:
+            raise PrunelimitError(f"batches gave {count} samples in this pass but {self.local_count} when the "
+                                  "operator was built; the data must be the same on every pass (no drop_last "
+                                  "with shuffling, no changing dataset)")
+
+    def _retry_plain(self, err: BaseException, W: torch.Tensor, result: torch.Tensor) -> None:
+        op = missing_derivative(err)
+        if op is None:
+            raise err
+        raise PrunelimitError(f"the Gauss-Newton product J v differentiates the network's backward, but PyTorch "
+                              f"has no derivative for {op} (in {type(self.model).__name__}); replace that op, or "
+                              f"pass params= without the layers before it") from None
+
+    @torch.enable_grad()
+    def _full_gradient(self) -> torch.Tensor:
+        """∇L = (1/N) Σ_b J_bᵀ ∂(n_b loss_b)/∂z (+ the regularizer's gradient), through the cached forwards."""
+        g = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+        records = iter(self._records)
+        with _eval_mode(self.model):
+            for i, (x, y, n) in enumerate(self._batches("Gauss-Newton: gradient")):
+                record = next(records, None) if i < self.cached_batches else None
+                if record is None:
+                    record, _ = self._curvature(x, y, n, i)
+                if record.output_grad is None:   # linear loss: its output gradient has no graph of its own
+                    leaf = record.outputs.detach().requires_grad_(True)
+                    out_grad = torch.autograd.grad(self.loss_fn(leaf, y).reshape(()) * n, leaf)[0]
+                else:
+                    out_grad = record.output_grad.detach()
+                grads = torch.autograd.grad(record.outputs, self.params, grad_outputs=out_grad / self.num_samples,
+                                            retain_graph=i < self.cached_batches, allow_unused=True)
+                g += _flat(grads, self.params)
+        dist.all_reduce_sum(g)
+        if self._reg_graph is not None:
+            g += _flat([None if t is None else t.detach() for t in self._reg_graph], self.params)
+        return g
+
+
+def curvature_operator(matrix: str, model: nn.Module, loss_fn: Callable, batches: Iterable, **kwargs):
+    """``HessianOperator`` (matrix='hessian') or ``GaussNewtonOperator`` (matrix='gauss_newton'), same
+    arguments (``lean_graphs`` is dropped for Gauss-Newton, which builds no gradient graph)."""
+    if matrix == "hessian":
+        return HessianOperator(model, loss_fn, batches, **kwargs)
+    if matrix == "gauss_newton":
+        kwargs.pop("lean_graphs", None)
+        return GaussNewtonOperator(model, loss_fn, batches, **kwargs)
+    raise PrunelimitError(f"matrix={matrix!r} is not one of {MATRICES}")
