@@ -11,7 +11,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from prunelimit.config.build import to_dict
 from prunelimit.config.schema import RunConfig
 from prunelimit.runs.rundir import RunDir
 from prunelimit.errors import PrunelimitError
+
+if TYPE_CHECKING:
+    from prunelimit.pipeline.stages import StageRunner
 
 
 def say(msg: str = "") -> None:

@@ -234,26 +234,51 @@ def finetune_stage(cfg: RunConfig, method: str, masks: Path, weights: Path, meth
                  inputs={"masks": masks, "weights": weights}, per_world_size=True, redo_hint=hint)
 
 
+_PLANNERS: list[Callable[..., list[Stage]]] = []
+
+
+def plan_stages(planner: Callable[..., list[Stage]]) -> Callable[..., list[Stage]]:
+    """Register ``planner(cfg, run_path, *, gp, command) -> [Stage, ...]``: declarations of stages a command
+    will run. ``planned_stages`` asks every planner, in registration order."""
+    _PLANNERS.append(planner)
+    return planner
+
+
 def planned_stages(cfg: RunConfig, run_path: Path, *, gp: bool = True, command: str = "run") -> list[Stage]:
     """The stages a command will run whose fingerprints are known before it starts (the prune stages at a
     predicted sparsity are checked when that sparsity is known): ``open_run`` checks them all before it
-    writes anything."""
-    out = [dense_stage(cfg)]
-    st = cfg.stages
+    writes anything. ``gp=False``: without the GP stages (``prune`` adds its own)."""
+    return [stage for planner in _PLANNERS for stage in planner(cfg, run_path, gp=gp, command=command)]
+
+
+@plan_stages
+def _dense_planned(cfg: RunConfig, run_path: Path, *, gp: bool, command: str) -> list[Stage]:
+    return [dense_stage(cfg)]
+
+
+@plan_stages
+def _limit_planned(cfg: RunConfig, run_path: Path, *, gp: bool, command: str) -> list[Stage]:
+    st, out = cfg.stages, []
     if cfg.pipeline in ("limit", "default"):
         out += [sweep_stage(cfg)] if st.sweep else []
         if st.spectrum or st.limit:
             out += [spectrum_stage(cfg)] + ([rows_stage(cfg)] if cfg.spectrum.important_eigs else [])
         out += [limit_stage(cfg)] if st.limit else []
-    if gp and cfg.pipeline in ("gp", "default"):
-        for method in cfg.gp.methods:
-            if method == "gp_mt" and not cfg.prune.min_threshold:
-                continue
-            if cfg.gp.sparsity_from == "config":  # a predicted sparsity is checked once it is known
-                out.append(prune_stage(cfg, method, cfg.prune.sparsity))
-            if cfg.gp.finetune:
-                d = run_path / method
-                out.append(finetune_stage(cfg, method, masks=d / paths.MASK,
-                                          weights=d / paths.PRUNED_MODEL, method_dir=d, run_path=run_path,
-                                          command=command))
+    return out
+
+
+@plan_stages
+def _gp_planned(cfg: RunConfig, run_path: Path, *, gp: bool, command: str) -> list[Stage]:
+    out: list[Stage] = []
+    if not gp or cfg.pipeline not in ("gp", "default"):
+        return out
+    for method in cfg.gp.methods:
+        if method == "gp_mt" and not cfg.prune.min_threshold:
+            continue
+        if cfg.gp.sparsity_from == "config":  # a predicted sparsity is checked once it is known
+            out.append(prune_stage(cfg, method, cfg.prune.sparsity))
+        if cfg.gp.finetune:
+            d = run_path / method
+            out.append(finetune_stage(cfg, method, masks=d / paths.MASK, weights=d / paths.PRUNED_MODEL,
+                                      method_dir=d, run_path=run_path, command=command))
     return out
