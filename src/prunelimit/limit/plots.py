@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from prunelimit import dist
 from prunelimit.limit.ordering import MagnitudeOrdering
 from prunelimit.limit.width import Prediction
+from prunelimit.limit.results import ORIGINAL_RULE
 from prunelimit.runs.io import atomic_write_bytes
 from prunelimit.errors import PrunelimitError
 
@@ -49,12 +50,7 @@ def _mark_limits(ax, prediction: Prediction | None, actual, label: bool) -> None
     if prediction is not None and prediction.limit is not None:
         ax.axvline(prediction.limit, color="tab:green", ls="-.", lw=1.5,
                    label=f"predicted limit p*={prediction.limit:.3f}" if label else None)
-    if actual is None:
-        return
-    items = actual.items() if isinstance(actual, Mapping) else [("above_baseline", actual)]
-    for rule, p in items:
-        if p is None:
-            continue
+    for rule, p in _actual_items(actual):
         color, ls = _RULE_STYLE.get(rule, ("black", "--"))
         ax.axvline(float(p), color=color, ls=ls, lw=1.2, label=f"actual ({RULE_WORDS.get(rule, rule)}) p={float(p):.3f}" if label else None)
 
@@ -62,10 +58,7 @@ def _mark_limits(ax, prediction: Prediction | None, actual, label: bool) -> None
 def _zoom_start(p: np.ndarray, rows, prediction: Prediction | None, actual) -> float | None:
     """Left edge of the zoomed panels: a little before the earliest marked limit (or the first drop)."""
     marks = [] if prediction is None or prediction.limit is None else [float(prediction.limit)]
-    if isinstance(actual, Mapping):
-        marks += [float(v) for v in actual.values() if v is not None]
-    elif actual is not None:
-        marks.append(float(actual))
+    marks += [p for _, p in _actual_items(actual)]
     acc = _column(rows, "test_acc")
     if np.isfinite(acc).any():
         drop = np.nonzero(acc < np.nanmax(acc[:1]) - 1.0)[0]
@@ -137,37 +130,106 @@ def plot_sweep(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], predi
     return _save(fig, path)
 
 
-def plot_width(path: str | os.PathLike, prediction: Prediction,
-               source: MagnitudeOrdering | Sequence[Mapping[str, Any]] | None = None, *,
-               conventions: str | None = None) -> Path | None:
-    """g(R(p)) and p against R: the predicted limit is where the two curves cross.
+def _actual_items(actual) -> list[tuple[str, float]]:
+    """``actual`` (rule -> prune fraction or None, or one bare number for the original rule) as
+    ``[(rule, p)]`` in a fixed order, the rules without a limit left out."""
+    if actual is None:
+        return []
+    items = actual.items() if isinstance(actual, Mapping) else [(ORIGINAL_RULE, actual)]
+    return [(rule, float(p)) for rule, p in items if p is not None]
 
-    ``source`` gives the real p(R): a ``MagnitudeOrdering`` (R on a fine grid) or sweep rows (their R
-    column); without it the curve stored in ``prediction`` is used."""
+
+_ACTUAL_MARKERS = {"above_baseline": "s", "acc_drop": "D", "loss_increase": "^"}
+
+
+def _network_curve(prediction: Prediction, source) -> tuple[np.ndarray, np.ndarray, Callable[[float], float]]:
+    """``(p, R, radius)``: the network's p(R) to draw and the p -> R used for the actual limits' markers
+    (the ordering's own ``radius`` when given, so a marker sits exactly where ``result.json`` puts it)."""
+    if isinstance(source, MagnitudeOrdering):
+        # uniform in p plus a geometric tail towards p = 1, where the limits of L1-trained nets sit
+        tail = 1.0 - np.geomspace(0.1, 1.0 / max(source.num_weights, 10), 400)
+        p_real = np.unique(np.concatenate([np.linspace(0, 1, 1001), tail]))
+        return p_real, source.radii(p_real).numpy(), source.radius
+    if source is not None:
+        p_real, r_real = _column(source, "prune_fraction"), _column(source, "R")
+    else:
+        p_real, r_real = np.asarray(prediction.curve["p"]), np.asarray(prediction.curve["R"])
+    order = np.argsort(p_real, kind="stable")
+    p_real, r_real = p_real[order], r_real[order]
+    return p_real, r_real, lambda p: float(np.interp(p, p_real, r_real))
+
+
+def _zoom_window(marks: list[tuple[float, float]]) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """``((R_lo, R_hi), (p_lo, p_hi))`` around the marked limits: their span plus half of it on each side
+    (at least a quarter of the largest R and 0.02 in p), so the crossing fills the panel."""
+    if not marks:
+        return None
+    rs, ps = [r for r, _ in marks], [p for _, p in marks]
+    r_pad = max(0.5 * (max(rs) - min(rs)), 0.25 * max(rs), 1e-12)
+    p_pad = max(0.5 * (max(ps) - min(ps)), 0.02)
+    return ((max(0.0, min(rs) - r_pad), max(rs) + r_pad),
+            (max(0.0, min(ps) - p_pad), min(1.0, max(ps) + p_pad) + 0.002))
+
+
+def width_figure(prediction: Prediction, source: MagnitudeOrdering | Sequence[Mapping[str, Any]] | None = None,
+                 actual: Mapping[str, float | None] | float | None = None, *, conventions: str | None = None
+                 ) -> Figure:
+    """The figure ``plot_width`` writes. Markers carry gids (``"predicted"``, ``"actual:<rule>"``) and the
+    zoomed axes the label ``"zoom"``, so tests can read the drawn positions back."""
     if not prediction.curve:
         raise PrunelimitError("prediction has no curve to plot; make it with predict_limit")
     r_curve, g_curve = np.asarray(prediction.curve["R"]), np.asarray(prediction.curve["g"])
-    if isinstance(source, MagnitudeOrdering):
-        p_real = np.linspace(0, 1, 1001)
-        r_real = source.radii(p_real).numpy()
-    elif source is not None:
-        p_real, r_real = _column(source, "prune_fraction"), _column(source, "R")
-    else:
-        p_real, r_real = np.asarray(prediction.curve["p"]), r_curve
-    fig = Figure(figsize=(6.5, 4.5))
-    ax = fig.subplots()
-    order = np.argsort(r_curve, kind="stable")
-    ax.plot(r_curve[order], g_curve[order], color="tab:green", lw=1.5,
-            label="theory: g(R)" + (" (R rounded)" if prediction.integer_R else ""))
-    ax.plot(r_real, p_real, color="tab:blue", lw=1.2, label="network: prune_fraction p at R(p)")
+    p_real, r_real, radius = _network_curve(prediction, source)
+    marks = []   # (gid, label, R, p, color, marker)
     if prediction.limit is not None:
-        ax.plot([prediction.R_at_limit], [prediction.limit], "o", color="tab:red",
-                label=f"fixed point p*={prediction.limit:.3f}, R={prediction.R_at_limit:.3g}")
-    ax.set_xlabel("R = ||w* - w_p||_2 (norm of the removed weights)")
-    ax.set_ylabel("prune_fraction p  /  normalised width g(R)")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"eps={prediction.eps:.3g}, q={prediction.flat_fraction:.3g}"
+        marks.append(("predicted", f"predicted fixed point p*={prediction.limit:.3f}, R={prediction.R_at_limit:.3g}",
+                      float(prediction.R_at_limit), float(prediction.limit), "black", "o"))
+    for rule, p in _actual_items(actual):
+        marks.append((f"actual:{rule}", f"actual ({RULE_WORDS.get(rule, rule)}) p={p:.3f}", radius(p), p,
+                      _RULE_STYLE.get(rule, ("grey", "--"))[0], _ACTUAL_MARKERS.get(rule, "v")))
+    window = _zoom_window([(m[2], m[3]) for m in marks])
+    fig = Figure(figsize=(12.5, 5) if window else (6.5, 4.5))
+    axes = fig.subplots(1, 2 if window else 1, squeeze=False)[0]
+    order = np.argsort(r_curve, kind="stable")
+    for i, ax in enumerate(axes):
+        first = i == 0
+        ax.plot(r_curve[order], g_curve[order], color="tab:green", lw=1.5,
+                label=("theory: g(R)" + (" (R rounded)" if prediction.integer_R else "")) if first else None)
+        ax.plot(r_real, p_real, color="tab:blue", lw=1.2, label="network: prune_fraction p at R(p)" if first else None)
+        for gid, label, r, p, color, marker in marks:
+            dot, = ax.plot([r], [p], marker, color=color, ms=7, mec="black" if color != "black" else "white",
+                           label=label if first else None)
+            dot.set_gid(gid)
+            if not first:   # guides to read each limit off the p axis
+                ax.axhline(p, color=color, lw=0.7, ls=":")
+        ax.set_xlabel("R = ||w* - w_p||_2 (norm of the removed weights)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("prune_fraction p  /  normalised width g(R)")
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[0].legend(fontsize=8, loc="best")
+    if window:
+        (r_lo, r_hi), (p_lo, p_hi) = window
+        zoom = axes[1]
+        zoom.set_label("zoom")
+        zoom.set_xlim(r_lo, r_hi)
+        zoom.set_ylim(p_lo, p_hi)
+        zoom.set_title(f"zoom: R in [{r_lo:.3g}, {r_hi:.3g}], p in [{p_lo:.3f}, {p_hi:.3f}]", fontsize=9)
+        axes[0].indicate_inset((r_lo, p_lo, r_hi - r_lo, p_hi - p_lo), edgecolor="grey")
+    fig.suptitle(f"Gaussian width fixed point: eps={prediction.eps:.3g}, q={prediction.flat_fraction:.3g}"
+                 + ("" if prediction.limit is not None else f" (no fixed point: {prediction.reason})")
                  + (f"\n{conventions}" if conventions else ""), fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    fig.tight_layout()
+    return fig
+
+
+def plot_width(path: str | os.PathLike, prediction: Prediction,
+               source: MagnitudeOrdering | Sequence[Mapping[str, Any]] | None = None,
+               actual: Mapping[str, float | None] | float | None = None, *,
+               conventions: str | None = None) -> Path | None:
+    """g(R(p)) and p against R: the predicted limit is where the two curves cross; the actual limits
+    (``actual``: rule -> prune fraction, as for ``plot_sweep``) are marked on the network's curve, and a
+    second panel zooms in on all of them (the crossing of an L1-trained net sits in a corner of the first).
+
+    ``source`` gives the real p(R): a ``MagnitudeOrdering`` (R on a fine grid) or sweep rows (their R
+    column); without it the curve stored in ``prediction`` is used."""
+    return _save(width_figure(prediction, source, actual, conventions=conventions), path)

@@ -232,7 +232,7 @@ class LimitStage(StageUnit):
         if dist.is_main():
             write_result_files(out, record)
             plot_sweep(out / paths.SWEEP_PNG, rows, prediction, actual, conventions=title)
-            plot_width(out / paths.WIDTH_PNG, prediction, ordering, conventions=title)
+            plot_width(out / paths.WIDTH_PNG, prediction, ordering, actual, conventions=title)
         return LimitResult.from_json(record)
 
 
