@@ -85,6 +85,28 @@ def _flat(grads: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor],
     return torch.cat(parts, dim=-1)
 
 
+# batched_probes="auto", per device. Measured on the 2-core CPU (1 thread, benchmarks/bench_probes.py,
+# every batch recomputed, so the probes share its forward + backward): the vmap'd double backward ran
+# at 0.80-0.94x the loop's speed for 2-8 probes on the digits MLP, 0.60-0.80x on the small CNN and
+# 0.68-0.84x on ResNet-18 (it loses more the more probes), so the CPU loops. Sharing the forward +
+# backward itself is what pays: 8 probes cost 1.6x (MLP), 1.7x (CNN), 1.5x (ResNet-18) less than 8
+# separate HVPs. On CUDA vmap is the default (fewer, larger kernels); not measured (no GPU here).
+BATCHED_PROBES_AUTO = {"cuda": True}
+
+
+def _batched_probes_choice(value: bool | str, device: torch.device) -> tuple[bool, str]:
+    """(use the vmap'd backward?, why) for HessianOperator(batched_probes=value)."""
+    key = value.lower() if isinstance(value, str) else value
+    if key in (True, "true"):
+        return True, "batched_probes=true"
+    if key in (False, "false"):
+        return False, "batched_probes=false"
+    if key != "auto":
+        raise PrunelimitError(f"batched_probes={value!r} is invalid; use 'auto', True or False")
+    chosen = BATCHED_PROBES_AUTO.get(device.type, False)
+    return chosen, f"batched_probes=auto on {device.type}"
+
+
 class HessianOperator:
     """H of the size-weighted mean loss over ``batches`` (+ ``regularizer``) w.r.t. ``params``.
 
@@ -106,11 +128,16 @@ class HessianOperator:
                  regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
                  device: torch.device | str | None = None, cache_graph: bool | str = "auto",
                  memory_budget: int | float | str | MemoryBudget | None = None,
-                 lean_graphs: bool | None = None, show_progress: bool = False):
+                 lean_graphs: bool | None = None, batched_probes: bool | str = "auto",
+                 show_progress: bool = False):
         """``memory_budget``: bytes the cached graphs may take (int, '6GiB', a fraction of the available
         memory, or None for ``memory.DEFAULT_FRACTION`` of it). ``lean_graphs``: build the first-order
         graphs without the parts an HVP throws away (lean_graphs.py; default: the class attribute,
-        True); False runs PyTorch's plain double backward, the reference the tests compare to."""
+        True); False runs PyTorch's plain double backward, the reference the tests compare to.
+        ``batched_probes``: how ``matmat`` runs the double backward of several vectors (probes) over a
+        graph: True one vmap'd backward (``is_grads_batched``), False a loop of backwards, "auto" (the
+        default) picks by device (see ``BATCHED_PROBES_AUTO``). Either way the probes share each
+        batch's forward and first-order backward; ``cache_report`` says which was chosen."""
         # DDP's hooks do not support double backward, nor does a compiled graph: use the plain module
         model = unwrap_model(model)
         named = hessian_parameters(model) if params is None else list(params)
@@ -157,9 +184,7 @@ class HessianOperator:
                 raise PrunelimitError(f"lean_graphs={lean_graphs!r} must be True or False")
             self.lean_graphs = lean_graphs
         self.budget = resolve_budget(memory_budget, self.device) if cache_graph is not False else None
-        # matmat batches its vectors through one vmap'd backward on CUDA. On CPU that measured 1.4-2x
-        # SLOWER than a loop of single HVPs (MLP and CNN), so there it loops. Settable for tests.
-        self.batched_hvp = self.device.type == "cuda"
+        self.batched_hvp, self._batched_why = _batched_probes_choice(batched_probes, self.device)
         with torch.enable_grad():  # graphs are needed even when built inside torch.no_grad()
             self._build(cache_graph)
 
@@ -269,7 +294,6 @@ class HessianOperator:
             # g = Σ_b (n_b / N) ∇loss_b over the cached batches: one graph whose backward is their share
             # of the full-data HVP (this rank's); the other batches are recomputed per HVP.
             self._graph = tuple(None if g is None else g / self.num_samples for g in grads)
-        self.cache_report = self._describe_cache()
         self._reg_graph = None
         if self.regularizer is not None:
             reg = self.regularizer(self.model)
@@ -281,14 +305,21 @@ class HessianOperator:
                                                       allow_unused=True)
         self._gradient = None
 
+    @property
+    def cache_report(self) -> str:
+        """One line: the memory budget, what is cached and recomputed, and how probes are batched."""
+        return self._describe_cache()
+
     def _describe_cache(self) -> str:
+        probes = (f"; several probes per HVP share each batch's forward + backward, their double backward "
+                  f"{'batched (vmap)' if self.batched_hvp else 'looped'} ({self._batched_why})")
         if self.budget is None:
-            return f"Hessian: {self.num_batches} batch(es) recomputed in every HVP (cache_graph=false)"
+            return f"Hessian: {self.num_batches} batch(es) recomputed in every HVP (cache_graph=false){probes}"
         per = (f"{format_bytes(self.graph_bytes_first or 0)} (of which {format_bytes(self.gradient_bytes)} "
                f"first-order gradients, held once)")
         return (f"Hessian: memory budget {self.budget}; gradient graph of batch 0 = {per}; caching "
                 f"{self.cached_batches} of {self.num_batches} batch(es), recomputing "
-                f"{self.num_batches - self.cached_batches} in every HVP")
+                f"{self.num_batches - self.cached_batches} in every HVP{probes}")
 
     # ------------------------------------------------------------------ products
     def _backward(self, graph: Sequence[torch.Tensor | None], V: torch.Tensor, retain: bool,
@@ -318,8 +349,10 @@ class HessianOperator:
                                           allow_unused=True, is_grads_batched=True)
                 add(into, out, batch=True)
                 return
-            except (RuntimeError, NotImplementedError):
-                self.batched_hvp = False  # some op lacks a vmap rule: loop over the vectors instead
+            except (RuntimeError, NotImplementedError) as err:  # some op lacks a vmap rule: loop instead
+                warnings.warn(f"Hessian: the batched (vmap) double backward failed ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:120]}); looping over the probes instead", stacklevel=4)
+                self.batched_hvp, self._batched_why = False, "vmap failed, looping"
         for i in range(k):
             out = torch.autograd.grad(outputs, self.params, grad_outputs=cut(V[i]),
                                       retain_graph=retain or i < k - 1, allow_unused=True)
