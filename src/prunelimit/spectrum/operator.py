@@ -290,6 +290,7 @@ class HessianOperator:
         self.num_batches, self.cached_batches, self._cached_count = batches, plan, sum(sizes[:plan])
         self.cached = plan == batches                 # every batch's graph is cached
         self._graph = None
+        self.cache_report = self._describe_cache()   # one line: budget, cached/recomputed, probe batching
         if plan:
             # g = Σ_b (n_b / N) ∇loss_b over the cached batches: one graph whose backward is their share
             # of the full-data HVP (this rank's); the other batches are recomputed per HVP.
@@ -304,11 +305,6 @@ class HessianOperator:
                 self._reg_graph = torch.autograd.grad(reg.reshape(()), self.params, create_graph=True,
                                                       allow_unused=True)
         self._gradient = None
-
-    @property
-    def cache_report(self) -> str:
-        """One line: the memory budget, what is cached and recomputed, and how probes are batched."""
-        return self._describe_cache()
 
     def _describe_cache(self) -> str:
         probes = (f"; several probes per HVP share each batch's forward + backward, their double backward "
@@ -353,6 +349,7 @@ class HessianOperator:
                 warnings.warn(f"Hessian: the batched (vmap) double backward failed ({type(err).__name__}: "
                               f"{str(err).splitlines()[0][:120]}); looping over the probes instead", stacklevel=4)
                 self.batched_hvp, self._batched_why = False, "vmap failed, looping"
+                self.cache_report = self._describe_cache()
         for i in range(k):
             out = torch.autograd.grad(outputs, self.params, grad_outputs=cut(V[i]),
                                       retain_graph=retain or i < k - 1, allow_unused=True)
