@@ -113,7 +113,8 @@ class SweepResult(JsonResult):
 
     @classmethod
     def from_json(cls, record):
-        raise PrunelimitError("SweepResult is read from its CSV (SweepResult.from_csv), not from the marker")
+        # the marker holds no rows: a caller reaching here has a bug, not bad input
+        raise TypeError("SweepResult is read from its CSV (SweepResult.from_csv), not from the marker")
 
     @classmethod
     def from_csv(cls, path) -> "SweepResult":
