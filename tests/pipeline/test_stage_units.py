@@ -140,7 +140,7 @@ def finished(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("key", ["spectrum.lean_graphs=false", "spectrum.cache_graph='false'",
                                  "spectrum.memory_budget=1GiB", "spectrum.hessian_batch_size=7",
-                                 "spectrum.checkpoint_every=0"])
+                                 "spectrum.checkpoint_every=0", "spectrum.basis_device=cpu"])
 def test_a_speed_only_key_resumes_a_finished_spectrum(finished, key):
     cfg = load_config("default", [*TINY, f"out={finished}", key])
     runner = StageRunner(cfg, RunDir(finished))
@@ -153,6 +153,7 @@ def test_a_speed_only_key_resumes_a_finished_spectrum(finished, key):
 
 @pytest.mark.parametrize("key, stage", [("spectrum.reorthogonalize=false", "spectrum"),
                                         ("spectrum.lanczos_iter=7", "spectrum"), ("spectrum.seed=3", "spectrum"),
+                                        ("spectrum.matrix=gauss_newton", "spectrum"),
                                         ("spectrum.density_kernel=original", "limit"),
                                         ("limit.loss=regularized", "sweep")])
 def test_a_numbers_key_is_refused_naming_it(finished, key, stage):

@@ -111,6 +111,8 @@ def _limit_stages(args, argv, stages: dict[str, bool]) -> int:
     from prunelimit.pipeline.run import run_pipeline
 
     extra = {"pipeline": "limit", **{f"stages.{k}": v for k, v in stages.items()}}
+    if getattr(args, "masks", None):   # prunelimit spectrum --masks FILE
+        extra["spectrum.masks"] = args.masks
     run_pipeline(_config(args, extra=extra), ["prunelimit", *argv], allow_pickle=args.allow_pickle)
     return 0
 

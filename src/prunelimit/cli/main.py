@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                        ("limit", "predicted vs actual pruning limit (trains/sweeps/spectrum as needed)")):
         p = sub.add_parser(name, help=text)
         _common(p, config_required=True)
+        if name == "spectrum":
+            p.add_argument("--masks", help="mask file (.safetensors, e.g. RUN/gp/weight_mask.safetensors; an original "
+                                           "weight_mask.npy needs --allow-pickle): also the spectrum of the Hessian "
+                                           "restricted to the weights it keeps (sets spectrum.masks)")
 
     p = sub.add_parser("prune", help="GP, or GP+MT with --min-threshold; writes the original's files")
     _common(p)

@@ -16,12 +16,13 @@ from prunelimit.pipeline.results import SpectrumResult
 
 def hessian_setup(ctx: Context, model: nn.Module, data: Data):
     """``(get_op, loss_fn, loader)``: a builder of the Hessian operator of the declared loss
-    (``limit.loss``), that loss as ``loss_fn(output, target)`` and its batches.
+    (``limit.loss``), that loss as ``loss_fn(output, target)`` and its batches. With
+    ``spectrum.matrix: gauss_newton`` the operator is the Gauss-Newton matrix of the same loss and batches.
 
     ``data``: the criterion alone; the operator carries no L1 term at all (its Hessian is zero almost
     everywhere, so back-propagating it through every HVP only costs time). ``regularized``: the criterion
     plus lambda * ||theta||_1, as the original (same Hessian, and epsilon is unchanged by a constant shift)."""
-    from prunelimit.spectrum import HessianOperator, resolve_budget
+    from prunelimit.spectrum import curvature_operator, resolve_budget
     from prunelimit.train import l1_penalty, make_criterion, model_loss
     from prunelimit.train.batches import ModelLoss
 
@@ -48,9 +49,9 @@ def hessian_setup(ctx: Context, model: nn.Module, data: Data):
         budget = resolve_budget(s.memory_budget, ctx.device)
         say(f"spectrum: memory budget for cached gradient graphs: {budget}")
         batches = _hessian_batches(ctx, model, criterion, data, loader, budget)
-        op = HessianOperator(model, criterion, batches, regularizer=regularizer, device=ctx.device,
-                             cache_graph=s.cache_graph_arg(), memory_budget=budget, lean_graphs=s.lean_graphs,
-                             show_progress=cfg.show_progress)
+        op = curvature_operator(s.matrix, model, criterion, batches, regularizer=regularizer, device=ctx.device,
+                                cache_graph=s.cache_graph_arg(), memory_budget=budget, lean_graphs=s.lean_graphs,
+                                show_progress=cfg.show_progress)
         say(op.cache_report)
         return op
 
@@ -61,7 +62,7 @@ def _hessian_batches(ctx: Context, model: nn.Module, criterion, data: Data, load
     """The Hessian's batches: with full data, re-batched for speed (the same H, fewer and larger
     batches: ``spectrum.hessian_batch_size``, or the largest the memory budget allows, measured on one
     training batch); otherwise the one training batch the Hessian is taken on."""
-    from prunelimit.spectrum import HessianOperator
+    from prunelimit.spectrum import curvature_operator
     from prunelimit.spectrum.memory import format_bytes, hessian_batch_size
 
     cfg, s = ctx.cfg, ctx.cfg.spectrum
@@ -70,8 +71,8 @@ def _hessian_batches(ctx: Context, model: nn.Module, criterion, data: Data, load
     size = s.hessian_batch_size
     samples = len(data.train_eval) // dist.world_size()
     if size is None:
-        probe = HessianOperator(model, criterion, [next(iter(loader))], device=ctx.device, memory_budget=budget,
-                                lean_graphs=s.lean_graphs)
+        probe = curvature_operator(s.matrix, model, criterion, [next(iter(loader))], device=ctx.device,
+                                   memory_budget=budget, lean_graphs=s.lean_graphs)
         per_sample = (probe.graph_bytes_first - probe.gradient_bytes) / probe.local_count
         del probe
         size = hessian_batch_size(per_sample, budget.bytes, samples)

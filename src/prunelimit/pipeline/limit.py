@@ -104,50 +104,69 @@ class SpectrumStage(StageUnit):
         return {"dim": result.dim, "top_eigenvalue": list(result.top_eigenvalues[:1])}
 
     def run(self):
-        from prunelimit.spectrum import hessian_trace, memory_message, slq_spectrum, spectral_density, top_eigenvalues
-        from prunelimit.spectrum.checkpoint import LanczosCheckpoint
-        from prunelimit.spectrum.density import default_sigma
-        from prunelimit.spectrum.plots import plot_density
+        return compute_spectrum(self.ctx, self.get_op(), SPECTRUM_FILES)
 
-        cfg, out = self.ctx.cfg, self.out
-        op = self.get_op()
-        s = cfg.spectrum
-        steps = min(s.lanczos_iter, op.dim)
-        if steps < s.lanczos_iter:
-            say(f"spectrum: lanczos_iter {s.lanczos_iter} exceeds the Hessian dimension {op.dim}; using {steps}")
-        say(f"spectrum: Hessian over {op.dim:,} parameters; {memory_message(op.dim, steps, op.dtype, probes=1)}")
-        seed = cfg.seed_for(s.seed)
-        state_dir = out / "lanczos_state"   # resumable Lanczos (bug 17): removed once spectrum.json is written
-        ckpt = LanczosCheckpoint(state_dir, s.checkpoint_every, restart_on_mismatch=True) if s.checkpoint_every else None
-        if ckpt is not None and state_dir.exists():
-            say(f"spectrum: resuming the Lanczos state saved in {state_dir} (a different run's state is discarded)")
-        nodes, weights = slq_spectrum(op, steps, s.lanczos_num, seed=seed, show_progress=cfg.show_progress,
-                                      checkpoint=ckpt.child("slq") if ckpt else None,
-                                      reorthogonalize=s.reorthogonalize)
-        k = min(s.top_k, op.dim)
-        top = (top_eigenvalues(op, k, seed=seed, checkpoint=ckpt.child("top") if ckpt else None)[0]
-               if k > 0 else torch.empty(0))
-        trace, trace_err = hessian_trace(op, s.trace_samples, seed=seed) if s.trace_samples > 0 else (None, None)
-        sigma = s.density_sigma or default_sigma(nodes)
-        grid, density = spectral_density(nodes, weights, sigma=sigma, num_points=s.density_points)
-        result = SpectrumResult(dim=op.dim, lanczos_iter=steps, lanczos_num=s.lanczos_num,
-                                nodes=tuple(nodes.tolist()), weights=tuple(weights.tolist()),
-                                top_eigenvalues=tuple(float(x) for x in top), trace=trace, trace_stderr=trace_err,
-                                hvp_count=getattr(op, "num_matvecs", None))
-        if dist.is_main():
-            write_json(out / paths.SPECTRUM_JSON, result.to_json())
-            write_csv(out / paths.DENSITY_CSV, ["eigenvalue", "density"], zip(grid.tolist(), density.tolist()))
-            plot_density(out / paths.DENSITY_PNG, grid, density, nodes, weights, sigma=sigma,
-                         title=f"{cfg.model.name} on {cfg.data.dataset}")
-            if state_dir.exists():   # spectrum.json holds it all now
-                shutil.rmtree(state_dir)
-        parts = []
-        if result.top_eigenvalues:
-            parts.append("top eigenvalues " + ", ".join(f"{x:.4g}" for x in result.top_eigenvalues))
-        if trace is not None:
-            parts.append(f"trace {trace:.4g} ± {trace_err:.2g}")
-        say(f"spectrum: {'; '.join(parts) or 'done'} ({len(result.nodes)} Ritz values)")
-        return result
+
+# (spectrum json, density csv, density figure, Lanczos state folder) of the dense spectrum
+SPECTRUM_FILES = (paths.SPECTRUM_JSON, paths.DENSITY_CSV, paths.DENSITY_PNG, "lanczos_state")
+
+
+def compute_spectrum(ctx: Context, op, files: tuple[str, str, str, str], what: str = "spectrum",
+                     title: str = "", extra: dict | None = None) -> SpectrumResult:
+    """SLQ nodes and weights, top eigenvalues and trace of ``op``, written to ``files`` under ``limit/``
+    (the Lanczos state of a killed run resumes from their state folder); ``extra``: more keys for the json."""
+    from prunelimit.spectrum import (hessian_trace, memory_estimate, memory_message, slq_spectrum, spectral_density,
+                                     top_eigenvalues)
+    from prunelimit.spectrum.checkpoint import LanczosCheckpoint
+    from prunelimit.spectrum.density import default_sigma
+    from prunelimit.spectrum.host_basis import resolve_basis_device
+    from prunelimit.spectrum.plots import plot_density
+
+    cfg, out = ctx.cfg, ctx.run.sub(paths.LIMIT)
+    json_name, csv_name, png_name, state_name = files
+    s = cfg.spectrum
+    matrix = {"hessian": "Hessian", "gauss_newton": "Gauss-Newton matrix"}[s.matrix]
+    steps = min(s.lanczos_iter, op.dim)
+    if steps < s.lanczos_iter:
+        say(f"{what}: lanczos_iter {s.lanczos_iter} exceeds the {matrix}'s dimension {op.dim}; using {steps}")
+    say(f"{what}: {matrix} over {op.dim:,} parameters; {memory_message(op.dim, steps, op.dtype, probes=1)}")
+    basis_device, why = resolve_basis_device(s.basis_device, op.device, memory_estimate(op.dim, steps, op.dtype))
+    say(f"{what}: Lanczos basis {why}")
+    basis = "cpu" if basis_device.type == "cpu" else "same"
+    seed = cfg.seed_for(s.seed)
+    state_dir = out / state_name   # resumable Lanczos (bug 17): removed once the json is written
+    ckpt = LanczosCheckpoint(state_dir, s.checkpoint_every, restart_on_mismatch=True) if s.checkpoint_every else None
+    if ckpt is not None and state_dir.exists():
+        say(f"{what}: resuming the Lanczos state saved in {state_dir} (a different run's state is discarded)")
+    nodes, weights = slq_spectrum(op, steps, s.lanczos_num, seed=seed, show_progress=cfg.show_progress,
+                                  checkpoint=ckpt.child("slq") if ckpt else None,
+                                  reorthogonalize=s.reorthogonalize, basis_device=basis)
+    k = min(s.top_k, op.dim)
+    top = (top_eigenvalues(op, k, seed=seed, checkpoint=ckpt.child("top") if ckpt else None,
+                           basis_device=basis)[0] if k > 0 else torch.empty(0))
+    trace, trace_err = hessian_trace(op, s.trace_samples, seed=seed) if s.trace_samples > 0 else (None, None)
+    sigma = s.density_sigma or default_sigma(nodes)
+    grid, density = spectral_density(nodes, weights, sigma=sigma, num_points=s.density_points)
+    result = SpectrumResult(dim=op.dim, lanczos_iter=steps, lanczos_num=s.lanczos_num,
+                            nodes=tuple(nodes.tolist()), weights=tuple(weights.tolist()),
+                            top_eigenvalues=tuple(float(x) for x in top), trace=trace, trace_stderr=trace_err,
+                            hvp_count=getattr(op, "num_matvecs", None),
+                            extra={**({"matrix": s.matrix} if s.matrix != "hessian" else {}), **(extra or {})})
+    if dist.is_main():
+        write_json(out / json_name, result.to_json())
+        write_csv(out / csv_name, ["eigenvalue", "density"], zip(grid.tolist(), density.tolist()))
+        plot_density(out / png_name, grid, density, nodes, weights, sigma=sigma,
+                     title=f"{cfg.model.name} on {cfg.data.dataset}{title}"
+                           + (" (Gauss-Newton)" if s.matrix == "gauss_newton" else ""))
+        if state_dir.exists():   # the json holds it all now
+            shutil.rmtree(state_dir)
+    parts = []
+    if result.top_eigenvalues:
+        parts.append("top eigenvalues " + ", ".join(f"{x:.4g}" for x in result.top_eigenvalues))
+    if trace is not None:
+        parts.append(f"trace {trace:.4g} ± {trace_err:.2g}")
+    say(f"{what}: {'; '.join(parts) or 'done'} ({len(result.nodes)} Ritz values)")
+    return result
 
 
 class RowsStage(StageUnit):
@@ -252,8 +271,20 @@ def run_limit(ctx: Context, model: nn.Module, data: Data) -> LimitResult | None:
     if not (st.spectrum or st.limit):
         return None
     get_op = hessian()[0]
+    pruned = None
+    if ctx.cfg.spectrum.masks and st.spectrum:   # the same spectrum of the pruned subnetwork, masks read now
+        from prunelimit.pipeline.pruned_spectrum import PrunedSpectrumStage
+
+        pruned = PrunedSpectrumStage(ctx, model, data)
+    elif ctx.cfg.spectrum.masks:
+        say("spectrum.masks is set but stages.spectrum is off: no pruned-subnetwork spectrum (run "
+            "`prunelimit spectrum` for it)")
     with timed(ctx, "spectrum"):
         spectrum = runner.drive(SpectrumStage(ctx, get_op))
+    if pruned is not None:
+        pruned.dense = spectrum
+        with timed(ctx, "spectrum_pruned"):
+            runner.drive(pruned)
     with timed(ctx, "rows"):
         rows = runner.drive(RowsStage(ctx, model, get_op)) if ctx.cfg.spectrum.important_eigs else RowsResult()
     if not st.limit:

@@ -191,7 +191,7 @@ def sweep_stage(cfg: RunConfig) -> Stage:
 # order of a floating-point sum: hessian_batch_size and memory_budget regroup the same samples), so
 # changing one resumes a run instead of refusing it.
 SPEED_ONLY_KEYS = ("spectrum.cache_graph", "spectrum.memory_budget", "spectrum.hessian_batch_size",
-                   "spectrum.lean_graphs", "spectrum.checkpoint_every")
+                   "spectrum.lean_graphs", "spectrum.checkpoint_every", "spectrum.basis_device")
 ROWS_ONLY_KEYS = ("spectrum.important_eigs", "spectrum.row_quantiles", "spectrum.row_threshold")
 PLOT_ONLY_KEYS = ("spectrum.density_points", "spectrum.density_sigma")   # density.csv and its figure
 SLQ_ONLY_KEYS = ("spectrum.lanczos_iter", "spectrum.lanczos_num", "spectrum.top_k", "spectrum.trace_samples",
@@ -201,16 +201,31 @@ SLQ_ONLY_KEYS = ("spectrum.lanczos_iter", "spectrum.lanczos_num", "spectrum.top_
 def spectrum_stage(cfg: RunConfig) -> Stage:
     """The Hessian of the declared loss; the width's kernel (density_kernel) is the limit stage's."""
     return Stage("spectrum", DENSE_KEYS + ("spectrum", "limit.loss"),
-                 ignore=SPEED_ONLY_KEYS + ROWS_ONLY_KEYS + ("spectrum.density_kernel",))
+                 ignore=SPEED_ONLY_KEYS + ROWS_ONLY_KEYS + PRUNED_ONLY_KEYS + ("spectrum.density_kernel",))
+
+
+PRUNED_ONLY_KEYS = ("spectrum.masks",)   # the pruned-subnetwork spectrum's mask file (its bytes are its input)
+
+
+def pruned_spectrum_stage(cfg: RunConfig) -> Stage:
+    """The same spectrum of the Hessian restricted to the weights ``spectrum.masks`` keeps (at the model's
+    weights with the pruned ones zeroed); the mask file's bytes join the fingerprint."""
+    masks = Path(cfg.spectrum.masks)
+    return Stage("spectrum_pruned", DENSE_KEYS + ("spectrum", "limit.loss"), inputs={"masks": masks},
+                 ignore=SPEED_ONLY_KEYS + ROWS_ONLY_KEYS + PRUNED_ONLY_KEYS + ("spectrum.density_kernel",),
+                 redo_hint=f"To take the spectrum under other masks, use another --out, or delete the marker "
+                           f"stages/spectrum_pruned.json of this run")
 
 
 def rows_stage(cfg: RunConfig) -> Stage:
     """Rows of the same Hessian: none of the SLQ settings change them."""
-    return Stage("rows", DENSE_KEYS + SUBSET_KEYS + ("spectrum", "limit.loss"), ignore=SPEED_ONLY_KEYS + SLQ_ONLY_KEYS)
+    return Stage("rows", DENSE_KEYS + SUBSET_KEYS + ("spectrum", "limit.loss"),
+                 ignore=SPEED_ONLY_KEYS + SLQ_ONLY_KEYS + PRUNED_ONLY_KEYS)
 
 
 def limit_stage(cfg: RunConfig) -> Stage:
-    return Stage("limit", DENSE_KEYS + SUBSET_KEYS + ("spectrum", "limit"), ignore=SPEED_ONLY_KEYS + PLOT_ONLY_KEYS)
+    return Stage("limit", DENSE_KEYS + SUBSET_KEYS + ("spectrum", "limit"),
+                 ignore=SPEED_ONLY_KEYS + PLOT_ONLY_KEYS + PRUNED_ONLY_KEYS)
 
 
 def prune_stage(cfg: RunConfig, method: str, sparsity: float) -> Stage:
@@ -265,6 +280,13 @@ def _limit_planned(cfg: RunConfig, run_path: Path, *, gp: bool, command: str) ->
             out += [spectrum_stage(cfg)] + ([rows_stage(cfg)] if cfg.spectrum.important_eigs else [])
         out += [limit_stage(cfg)] if st.limit else []
     return out
+
+
+@plan_stages
+def _pruned_spectrum_planned(cfg: RunConfig, run_path: Path, *, gp: bool, command: str) -> list[Stage]:
+    """With ``spectrum.masks``, the spectrum of the pruned subnetwork follows the dense one."""
+    runs = cfg.pipeline in ("limit", "default") and cfg.stages.spectrum and cfg.spectrum.masks
+    return [pruned_spectrum_stage(cfg)] if runs else []
 
 
 @plan_stages

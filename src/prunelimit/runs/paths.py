@@ -6,6 +6,7 @@
                        weight_mask.safetensors  finetune_log.csv  model_best.pth.tar  checkpoint_last.pth.tar
     <run>/limit/       sweep.csv  spectrum.json  density.csv  hessian_rows.csv  result.json  result.txt
                        sweep.png  gaussian_width.png  spectral_density.png  hessian_row_norms.png
+                       with spectrum.masks: spectrum_pruned.json  density_pruned.csv  spectral_density_pruned.png
 
 The names under gp/ and limit/ are the original repositories' (SPEC), so tools written for those keep
 working.
@@ -47,3 +48,7 @@ SWEEP_PNG = "sweep.png"
 WIDTH_PNG = "gaussian_width.png"
 DENSITY_PNG = "spectral_density.png"
 ROWS_PNG = "hessian_row_norms.png"
+# the spectrum of the pruned subnetwork (spectrum.masks): the Hessian restricted to the kept weights
+SPECTRUM_PRUNED_JSON = "spectrum_pruned.json"
+DENSITY_PRUNED_CSV = "density_pruned.csv"
+DENSITY_PRUNED_PNG = "spectral_density_pruned.png"

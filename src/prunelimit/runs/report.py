@@ -86,6 +86,23 @@ def _method_lines(title: str, r: PruneResult) -> list[str]:
     return lines
 
 
+def _pruned_spectrum_lines(run_dir: str | None) -> list[str]:
+    """Dense and pruned-subnetwork spectra side by side, when the run took both (``spectrum.masks``)."""
+    from prunelimit.pipeline.results import SpectrumResult
+
+    folder = Path(run_dir or "") / paths.LIMIT
+    if not run_dir or not (folder / paths.SPECTRUM_PRUNED_JSON).is_file() or not (folder / paths.SPECTRUM_JSON).is_file():
+        return []
+    lines = ["", f"Spectrum before / after pruning: {'parameters':>12} {'top eigenvalue':>15} {'trace':>11} "
+                 f"{'trace / parameters':>19}"]
+    for title, name in (("dense", paths.SPECTRUM_JSON), ("kept weights", paths.SPECTRUM_PRUNED_JSON)):
+        r = SpectrumResult.from_json(read_json(folder / name))
+        top = f"{r.top_eigenvalues[0]:.4g}" if r.top_eigenvalues else "-"
+        trace, mean = ("-", "-") if r.trace is None else (f"{r.trace:.4g}", f"{r.trace / r.dim:.3g}")
+        lines.append(f"  {title:<31}{r.dim:>12,} {top:>15} {trace:>11} {mean:>19}")
+    return lines
+
+
 def summary_lines(s: RunSummary | Mapping) -> list[str]:
     """The printed summary, from the typed summary (or its ``summary.json`` dict)."""
     s = _typed(s)
@@ -94,6 +111,7 @@ def summary_lines(s: RunSummary | Mapping) -> list[str]:
         lines.append(f"  dense model ({s.dense.source}): test top-1 {_pct(s.dense.test_top1)}")
     if s.limit is not None:
         lines += _limit_lines(s.limit)
+    lines += _pruned_spectrum_lines(s.run_dir)
     gp = s.gp or {}
     if gp:
         lines.append("")

@@ -6,6 +6,8 @@ from prunelimit.errors import PrunelimitError
 
 DENSITY_KERNELS = ("gaussian", "original")
 CACHE_GRAPH_MODES = ("auto", "true", "false")
+MATRICES = ("hessian", "gauss_newton")
+BASIS_DEVICES = ("auto", "same", "cpu")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,12 @@ class SpectrumConfig:
                                      # copies of converged Ritz values; docs/HESSIAN.md has the accuracy)
     checkpoint_every: int = 8        # save the Lanczos state every this many steps (0 = never); a killed
                                      # spectrum stage resumes from it with identical Ritz values
+    matrix: str = "hessian"          # "hessian" (the paper's) or "gauss_newton" (J^T H_out J: PSD, caches only
+                                     # forward graphs; differs from H away from a minimum; docs/HESSIAN.md)
+    basis_device: str = "auto"       # Lanczos basis: "same" (the model's device), "cpu" (host memory, streamed
+                                     # a row at a time) or "auto" (host memory when the GPU lacks free room)
+    masks: str | None = None         # a mask file (.safetensors; .npy needs --allow-pickle): also the spectrum
+                                     # of the Hessian restricted to the weights it keeps (spectrum_pruned.json)
 
     def __post_init__(self):
         def positive_int(key: str, minimum: int = 1):
@@ -74,6 +82,13 @@ class SpectrumConfig:
             raise PrunelimitError(f"spectrum.reorthogonalize={self.reorthogonalize!r} must be true or false")
         if not isinstance(self.lean_graphs, bool):
             raise PrunelimitError(f"spectrum.lean_graphs={self.lean_graphs!r} must be true or false")
+        if self.matrix not in MATRICES:
+            raise PrunelimitError(f"spectrum.matrix={self.matrix!r} is not one of {MATRICES}")
+        if self.basis_device not in BASIS_DEVICES:
+            raise PrunelimitError(f"spectrum.basis_device={self.basis_device!r} is not one of {BASIS_DEVICES}")
+        if self.masks is not None and not (isinstance(self.masks, str) and self.masks.strip()):
+            raise PrunelimitError(f"spectrum.masks={self.masks!r} must be the path of a mask file "
+                                  f"(e.g. run/gp/weight_mask.safetensors) or null")
 
     def cache_graph_arg(self) -> bool | str:
         """The value HessianOperator(cache_graph=...) expects."""

@@ -41,7 +41,7 @@ def resolve_basis_device(setting: str, op_device: torch.device | str, basis_byte
         raise PrunelimitError(f"basis_device={setting!r} is not one of {BASIS_DEVICES}")
     op_device = torch.device(op_device)
     if op_device.type == "cpu":
-        return op_device, "the operator is on the CPU, so the basis is in host memory anyway"
+        return op_device, "in host memory (the operator is on the CPU)"
     if setting == "same":
         return op_device, f"on {op_device} (basis_device=same)"
     if setting == "cpu":
