@@ -27,6 +27,9 @@ reference (the same Hessian in float64, top eigenvalue by Lanczos converged to 1
 ResNet cases, where a float64 copy is too slow on this machine: there the tools are compared with each
 other). Also printed for prunelimit: one HVP as a multiple of one plain gradient (forward + backward
 over the same batches), and the split of a Lanczos step into HVP and bookkeeping, and the peak RSS.
+For the r18 case also one 128-step Lanczos run with full and one with partial re-orthogonalisation
+(``reorthogonalize="partial"``), each step / HVP after 8, 32 and 128 steps, and the partial run's top
+5 Ritz values against the full run's (``--no-profile`` skips this).
 """
 from __future__ import annotations
 
@@ -190,6 +193,27 @@ def lanczos_split(model, batches, steps, start, budget) -> tuple[float, float]:
     return run.hvp_seconds / steps * 1e3, run.bookkeeping_seconds / steps * 1e3
 
 
+def step_profile(model, batches, start, budget, marks=(8, 32, 128)) -> dict:
+    """Lanczos step / HVP after 8, 32 and 128 steps of one run (the first n steps of a run ARE an
+    n-step run), with full and with partial re-orthogonalisation, and the partial run's top Ritz
+    values against the full run's."""
+    op = HessianOperator(model, nn.functional.cross_entropy, batches, params=list(model.named_parameters()),
+                         memory_budget=budget)
+    out, tops = {}, {}
+    for mode in (True, "partial"):
+        run = _LanczosRun(op, start.unsqueeze(0), max(marks), reorthogonalize=mode)
+        for n in marks:
+            run.advance_to(n)
+            out[mode, n] = ((run.hvp_seconds + run.bookkeeping_seconds) / run.hvp_seconds,
+                            run.hvp_seconds / n * 1e3, run.bookkeeping_seconds / n * 1e3)
+        tops[mode] = tridiagonal_eigh(*run.tridiagonal(0))[0][-5:]
+        read = run.omega[0].vectors_read if run.omega else sum(range(1, max(marks) + 1))
+        out[mode, "read"] = read / sum(range(1, max(marks) + 1))
+        del run
+    out["top5_rel_diff"] = float(((tops["partial"] - tops[True]).abs() / tops[True].abs()).max())
+    return out
+
+
 def float64_top(model, batches, seed) -> float:
     model64 = copy.deepcopy(model).double()
     op = HessianOperator(model64, nn.functional.cross_entropy, [(x.double(), t) for x, t in batches],
@@ -202,7 +226,7 @@ def peak_rss_mib() -> float:
 
 
 # ----------------------------------------------------------------------------- driver
-def bench(name, model, batches, steps, tools, args, budget=None, reference=True):
+def bench(name, model, batches, steps, tools, args, budget=None, reference=True, profile=False):
     model.eval()
     dim = sum(p.numel() for p in model.parameters() if p.requires_grad)
     start = pyhessian_start(model, args.seed)
@@ -236,6 +260,15 @@ def bench(name, model, batches, steps, tools, args, budget=None, reference=True)
           f"Lanczos step = HVP {hvp_step:.1f} ms + bookkeeping {book:.1f} ms ({(hvp_step + book) / hvp_step:.3f}x the HVP); "
           f"peak RSS so far {peak_rss_mib():,.0f} MiB")
     row.update(hvp_over_grad=hvp_ms / grad_ms, step_over_hvp=(hvp_step + book) / hvp_step)
+    if profile:
+        prof = step_profile(model, batches, start, budget)
+        for mode, label in ((True, "full re-orthogonalisation"), ("partial", "partial re-orthogonalisation")):
+            marks = "; ".join(f"{n} steps {prof[mode, n][0]:.3f}x (HVP {prof[mode, n][1]:.0f} + {prof[mode, n][2]:.0f} ms)"
+                              for n in (8, 32, 128))
+            print(f"   Lanczos step / HVP, {label} (basis vectors read: {prof[mode, 'read']:.0%} of full): {marks}")
+        print(f"   partial vs full re-orthogonalisation, top 5 Ritz values after 128 steps: max rel. diff "
+              f"{prof['top5_rel_diff']:.1e}")
+        row.update(profile=prof)
     return row
 
 
@@ -245,6 +278,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (median reported)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cases", default="digits1,digits,cnn,r18,r18budget")
+    parser.add_argument("--no-profile", action="store_true",
+                        help="skip the 8/32/128-step Lanczos profile of the ResNet-18 case (~5 min)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")  # PyHessian's create_graph warning, torch.jit deprecations
@@ -259,7 +294,7 @@ def main(argv=None):
             rows.append(bench("small CNN, 4 batches of 64", *cnn_case(args.seed), 32, tools, args))
         elif case == "r18":
             rows.append(bench("ResNet-18, 2 batches of 32", *resnet18_case(args.seed, 2), 8, tools, args,
-                              reference=False))
+                              reference=False, profile=not args.no_profile))
         elif case == "r18budget":
             model, batches = resnet18_case(args.seed, 8, batch_size=16)
             probe = HessianOperator(model.eval(), nn.functional.cross_entropy, batches[:1],
@@ -279,6 +314,11 @@ def main(argv=None):
         peers = ", ".join(f"{n} {row[n][0] / row['prunelimit'][0]:.2f}x" for n in tools if n != "prunelimit")
         print(f"  {row['case']}: {peers}; HVP = {row['hvp_over_grad']:.2f} gradients; "
               f"Lanczos step = {row['step_over_hvp']:.3f} HVP")
+        if "profile" in row:
+            prof = row["profile"]
+            print("    Lanczos step / HVP at 8, 32, 128 steps: full " +
+                  ", ".join(f"{prof[True, n][0]:.3f}" for n in (8, 32, 128)) + "; partial " +
+                  ", ".join(f"{prof['partial', n][0]:.3f}" for n in (8, 32, 128)))
     print(f"peak RSS {peak_rss_mib():,.0f} MiB")
     return rows
 

@@ -78,7 +78,7 @@ class LanczosCheckpoint:
 
     def _meta(self, run) -> dict:
         return {"version": VERSION, "dim": run.dim, "probes": run.P, "capacity": run.capacity,
-                "dtype": str(run.basis.dtype), "seed": run.seed, "reorthogonalize": bool(run.reorth),
+                "dtype": str(run.basis.dtype), "seed": run.seed, "reorthogonalize": run.reorth,
                 "operator": operator_signature(run.op),
                 "start": _encode_floats(run.basis[0, :, :8].double().flatten().tolist())}
 

@@ -30,8 +30,9 @@ class SpectrumConfig:
                                      # largest that fits the budget (epsilon keeps the training batches)
     lean_graphs: bool = True         # lean second-order graphs (false: PyTorch's plain double backward)
     seed: int | None = None          # seed of the Rademacher probes and restart vectors; None: the run's seed
-    reorthogonalize: bool = True     # full re-orthogonalisation in SLQ (false: cheaper at scale, spurious
-                                     # copies of converged Ritz values; docs/HESSIAN.md has the accuracy)
+    reorthogonalize: bool | str = True  # full re-orthogonalisation in SLQ; "partial": only when Simon's estimate
+                                     # of the lost orthogonality passes sqrt(eps) (cheaper at scale, as
+                                     # accurate); false: none (spurious copies of converged Ritz values)
     checkpoint_every: int = 8        # save the Lanczos state every this many steps (0 = never); a killed
                                      # spectrum stage resumes from it with identical Ritz values
     matrix: str = "hessian"          # "hessian" (the paper's) or "gauss_newton" (J^T H_out J: PSD, caches only
@@ -78,8 +79,9 @@ class SpectrumConfig:
                 raise PrunelimitError(f"spectrum.{err}") from None
         if self.hessian_batch_size is not None:
             positive_int("hessian_batch_size")
-        if not isinstance(self.reorthogonalize, bool):
-            raise PrunelimitError(f"spectrum.reorthogonalize={self.reorthogonalize!r} must be true or false")
+        if not (isinstance(self.reorthogonalize, bool) or self.reorthogonalize == "partial"):
+            raise PrunelimitError(f"spectrum.reorthogonalize={self.reorthogonalize!r} must be true (full), false "
+                                  "or 'partial' (only where the estimated loss of orthogonality needs it)")
         if not isinstance(self.lean_graphs, bool):
             raise PrunelimitError(f"spectrum.lean_graphs={self.lean_graphs!r} must be true or false")
         if self.matrix not in MATRICES:

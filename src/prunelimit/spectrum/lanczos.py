@@ -27,6 +27,7 @@ from prunelimit.spectrum.checkpoint import LanczosCheckpoint
 from prunelimit.spectrum.host_basis import RowStreamer, allocate_host, orthogonalize_streamed, wants_host_basis
 from prunelimit.spectrum.memory import format_bytes
 from prunelimit.spectrum.operator import apply_operator
+from prunelimit.spectrum.partial_reorth import OrthogonalityEstimate
 from prunelimit.spectrum.reductions import dot64, norm64, project64
 
 log = logging.getLogger(__name__)
@@ -88,12 +89,13 @@ class _LanczosRun:
     both read the m basis vectors, the only part that grows with j), one norm, one scaled copy.
     """
 
-    def __init__(self, op, start: torch.Tensor, capacity: int, *, reorthogonalize: bool = True,
+    def __init__(self, op, start: torch.Tensor, capacity: int, *, reorthogonalize: bool | str = True,
                  seed: int = 0, show_progress: bool = False, desc: str = "Lanczos",
                  checkpoint: LanczosCheckpoint | None = None, host_basis: bool = False):
         """``host_basis``: the basis in host memory, three working rows on the operator's device
         (host_basis.py); False: the basis on the operator's device."""
-        self.op, self.reorth, self.show_progress, self.desc = op, reorthogonalize, show_progress, desc
+        self.op, self.show_progress, self.desc = op, show_progress, desc
+        self.reorth = _reorth_mode(reorthogonalize)
         self.seed, self.checkpoint = int(seed), checkpoint
         dtype, device = _op_dtype(op), _op_device(op)
         P, dim = start.shape
@@ -118,6 +120,10 @@ class _LanczosRun:
         self._scratch: torch.Tensor | None = None             # HVP output of the last step (no next row)
         self.hvp_seconds = self.bookkeeping_seconds = 0.0     # see _account
         self.second_passes = 0                                 # DGKS repeats of the re-orthogonalisation
+        # reorthogonalize="partial": Simon's estimates of the loss of orthogonality, one per probe
+        self.omega = ([OrthogonalityEstimate(capacity, torch.finfo(dtype).eps) for _ in range(P)]
+                      if self.reorth == "partial" else None)
+        self.full_passes = 0                                   # steps orthogonalised against the basis
         self.j = 0
         q = self._row(0)
         q.copy_(start)
@@ -130,6 +136,8 @@ class _LanczosRun:
             self.basis[0].copy_(q)
         if checkpoint is not None and checkpoint.restore(self):
             log.info(f"{desc}: resumed at step {self.j} of {capacity} from {checkpoint.dir}")
+            for estimate in self.omega or ():   # not saved: orthogonalise the next two steps instead
+                estimate.resumed()
             if host_basis:   # the device rows of the restored step
                 self._window[1].copy_(self.basis[self.j if self.j < capacity else capacity - 1])
                 if 0 < self.j < capacity:
@@ -151,7 +159,7 @@ class _LanczosRun:
             self._window[0].copy_(self._window[1])
             self._window[1].copy_(self._window[2])
 
-    def _orthogonalize(self, w: torch.Tensor, upto: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _orthogonalize(self, w: torch.Tensor, upto: int, only=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Remove in place the components of each row of w (P, dim) along its probe's first ``upto``
         basis vectors. Returns float64 (P,) tensors: the squared norms of the rows afterwards, and the
         total coefficient removed along the last basis vector (q_j) per row.
@@ -160,10 +168,12 @@ class _LanczosRun:
         (one GEMV-transpose, in place). A second pass runs only when the first removed a large part
         of w (the DGKS "twice is enough" test ‖w'‖ < ‖w‖/√2), with ‖w‖² = ‖w'‖² + ‖c‖² for an
         orthonormal Q, so the test needs no extra norm. After the three-term recurrence the remaining
-        components are at round-off level and one pass is almost always enough."""
+        components are at round-off level and one pass is almost always enough. ``only``: the probes
+        to orthogonalise (default all); the others' entries are left 0."""
         norms2 = torch.zeros(self.P, dtype=torch.float64)
         last = torch.zeros(self.P, dtype=torch.float64)
-        for p in range(self.P):
+        for p in range(self.P) if only is None else only:
+            self.full_passes += 1
             Q = self.basis[:upto, p]                                       # (upto, dim)
             if self.host_basis:                                            # streamed from host memory
                 norms2[p], last[p], extra = orthogonalize_streamed(self._streamer, Q, w[p])
@@ -178,6 +188,30 @@ class _LanczosRun:
                     break
                 self.second_passes += 1
         return norms2, last
+
+    def _partial(self, w: torch.Tensor, j: int, a_dev: torch.Tensor) -> torch.Tensor:
+        """Partial re-orthogonalisation (partial_reorth.py): the norms (P,) float64 of the rows of w after
+        orthogonalising, against the whole basis, only those whose estimated loss of orthogonality
+        passed sqrt(eps) (and the step after them). alpha_j stays the float64-accurate q_j.w."""
+        norms2 = dot64(w, w)
+        alpha = self.alpha.clone()
+        alpha[:, j] = a_dev.cpu()
+        for p in range(self.P):
+            beta_j = float(norms2[p].clamp_min(0).sqrt())
+            norm_h = max(float(self.scale[p]), abs(float(alpha[p, j])), beta_j)
+            chosen = self.omega[p].due(j, alpha[p], self.beta[p], beta_j, norm_h) if self.active[p] else None
+            if chosen is None:
+                continue
+            if self.host_basis:   # streamed from host memory: against the whole basis
+                again, _ = self._orthogonalize(w, j + 1, only=[p])
+                norms2[p] = again[p]
+                continue
+            self.full_passes += 1
+            for first, last in _runs(chosen.tolist()):   # contiguous runs of rows: views, no copies
+                Q = self.basis[first:last + 1, p]
+                w[p].addmv_(Q.T, project64(Q, w[p]).to(w.dtype), alpha=-1)
+            norms2[p] = dot64(w[p:p + 1], w[p:p + 1])[0]
+        return norms2.clamp_min(0).sqrt()
 
     def _restart_vector(self, p: int, upto: int) -> torch.Tensor | None:
         r = torch.randn(self.dim, generator=self.gen, dtype=torch.float64).to(self.basis)
@@ -209,8 +243,8 @@ class _LanczosRun:
             # alpha_j = q_j·w. With re-orthogonalisation a float32 estimate suffices here: the exact
             # remainder (alpha_j - estimate) q_j stays in w and the float64-accurate projection onto
             # the basis measures and removes it, so alpha_j = estimate + c_j (one dot product saved).
-            a_dev = (torch.stack([torch.dot(q[p], w[p]) for p in range(self.P)]).double() if self.reorth
-                     else dot64(q, w))                                            # (P,) float64
+            a_dev = (torch.stack([torch.dot(q[p], w[p]) for p in range(self.P)]).double()
+                     if self.reorth is True else dot64(q, w))                                            # (P,) float64
             # w -= alpha_j q_j + beta_{j-1} q_{j-1}: one in-place GEMV over the two vectors per probe
             for p in range(self.P):
                 if j == 0:
@@ -218,7 +252,9 @@ class _LanczosRun:
                 else:
                     coef = torch.tensor([-float(self.beta[p, j - 1]), -float(a_dev[p])], dtype=w.dtype)
                     w[p].addmv_(self._pair(j, p).T, coef.to(w.device))
-            if self.reorth:
+            if self.reorth == "partial":
+                b_dev = self._partial(w, j, a_dev)
+            elif self.reorth:
                 norms2, remainder = self._orthogonalize(w, j + 1)
                 a_dev = a_dev.to(w.dtype).double() + remainder.to(a_dev.device)  # the float32 alpha used above
                 b_dev = norms2.sqrt()
@@ -252,6 +288,8 @@ class _LanczosRun:
                     w[p].copy_(r)
                     b[p] = 0.0
                     self.restarts[p].append(j + 1)
+                    if self.omega is not None:   # r is orthogonal to the whole basis
+                        self.omega[p].restart(j)
             self.beta[:, j] = b
             self._commit(j)
             self._account(started, hvp_done)
@@ -279,6 +317,27 @@ class _LanczosRun:
     def tridiagonal(self, p: int, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.lengths[p] if length is None else length
         return self.alpha[p, :n].clone(), self.beta[p, :max(n - 1, 0)].clone()
+
+
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Sorted indices as (first, last) runs of consecutive values."""
+    runs: list[tuple[int, int]] = []
+    for i in indices:
+        if runs and runs[-1][1] == i - 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
+
+
+def _reorth_mode(value) -> bool | str:
+    """True (full re-orthogonalisation), False (none) or "partial" (partial_reorth.py)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "partial"):
+        return {"true": True, "false": False, "partial": "partial"}[value.lower()]
+    raise PrunelimitError(f"reorthogonalize={value!r} is invalid; use true (full), false (none) or 'partial' "
+                          "(only when the estimated loss of orthogonality passes sqrt(eps))")
 
 
 def tridiagonal_eigh(alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
