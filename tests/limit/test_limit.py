@@ -11,7 +11,7 @@ from torch import nn
 
 from prunelimit.limit import (READINGS, LimitConfig, MagnitudeOrdering, RuleLimit, actual_limit, actual_limits,
                               build_result, loss_epsilon, normalized_gaussian_width, predict_limit, rule_limit,
-                              rule_limits, write_result_files)
+                              result_txt, rule_limits, write_result_files)
 
 
 # ---- width --------------------------------------------------------------------------------------------------
@@ -294,9 +294,11 @@ def test_result_reports_null_with_reason_and_every_reading(tmp_path):
                         loss="regularized", reading="largest_passing")
     write_result_files(tmp_path, none)
     text = (tmp_path / "result.txt").read_text().splitlines()
-    assert text[1:3] == ["predicted maximum pruning ratio: None", "actual maximum pruning ratio: None"]  # never 0.0
-    assert text[3].startswith("conventions: loss regularized, actual = rule above_baseline read as largest_passing "
-                              "(no limit: never holds")
+    # never 0.0 and never a bare None: a word, the reason, and where the other rules' limits are
+    assert text[1] == f"predicted maximum pruning ratio: none ({none['predicted']['reason']})"
+    assert text[2] == ("actual maximum pruning ratio: none (never holds: the rule fails at every p > 0 on the grid; "
+                       "result.json has acc_drop p = 0.3, loss_increase p = 0.4)")
+    assert text[3] == "conventions: loss regularized, actual = rule above_baseline read as largest_passing"
     data = json.loads((tmp_path / "result.json").read_text())
     assert data["loss"] == "regularized"
     ab = data["actual"]["above_baseline"]
@@ -307,6 +309,22 @@ def test_result_reports_null_with_reason_and_every_reading(tmp_path):
     # regularised losses 0.6, 0.52, 0.5, 0.31, 0.6, 1.0 against 0.6 + 0.05: the L1 term hides the rise to p = 0.4
     assert data["actual"]["loss_increase"]["prune_fraction"] == 0.4
     assert rule_limit(rows, "loss_increase", epsilon=0.05).prune_fraction == 0.1           # data loss: 0.2 > 0.15
+
+
+def test_result_txt_of_a_model_without_accuracy_says_not_measured():
+    # a language model's sweep has losses but no accuracy: only the loss rule gives a limit
+    rows = [{**r, "test_acc": None} for r in rows_from([0.0] * 6, [0.5, 0.51, 0.52, 0.6, 0.9, 2.0])]
+    pred = predict_limit([1.0, 50.0], [0.5, 0.5], 0.05, lambda p: 3 * p)
+    result = build_result(pred, rule_limits(rows, epsilon=0.05), rule="loss_increase")
+    lines = result_txt(result).splitlines()
+    assert lines[1] == f"predicted maximum pruning ratio: {pred.limit!r}"      # a number: as the original writes it
+    assert lines[2] == ("actual maximum pruning ratio: not measured (the sweep has no test accuracy (the model's "
+                        "evaluation reports none, e.g. a language model); this rule needs accuracy — rule "
+                        "'loss_increase' works from the loss alone; result.json has loss_increase p = 0.2)")
+    assert result["actual"]["loss_increase"]["prune_fraction"] == 0.2        # 0.6 > 0.5 + 0.05 at p = 0.3
+    # a rule still holding at the grid's last point gives its lower bound
+    holding = build_result(pred, rule_limits(rows_from([90, 91, 92], [0.1, 0.1, 0.1]), epsilon=0.05))
+    assert result_txt(holding).splitlines()[2].startswith("actual maximum pruning ratio: above 0.2 (not reached")
 
 
 def test_plots_write_png(tmp_path):

@@ -102,16 +102,41 @@ def _txt(v: float | None) -> str:
     return "None" if v is None else repr(float(v))
 
 
+NOT_COMPUTED = "not computed: "   # the prefix rules.py gives a rule whose inputs are missing
+
+
+def _limit_txt(value: float | None, reason: str | None, lower_bound: float | None = None) -> str:
+    """A limit as the original writes it (``repr`` of the float) when there is one; otherwise a word that
+    says why not, never a bare "None": "not measured" (the rule's inputs are missing, e.g. no accuracy),
+    "above P" (still holding at the grid's last point P) or "none" (the rule or the prediction fails)."""
+    if value is not None:
+        return repr(float(value))
+    reason = reason or "no value"
+    if reason.startswith(NOT_COMPUTED):
+        return f"not measured ({reason[len(NOT_COMPUTED):]})"
+    if lower_bound is not None:
+        return f"above {float(lower_bound)!r} ({reason})"
+    return f"none ({reason})"
+
+
 def result_txt(result: Mapping[str, Any]) -> str:
     """The original's three labelled lines (all values are prune fractions = the original's "pruning ratio"),
-    then one line naming the conventions behind them (the original's reader reads the first three)."""
-    actual = result["actual"].get(ORIGINAL_RULE) or {}
+    then one line naming the conventions behind them (the original's reader reads the first three).
+
+    A number is written as the original writes it; where there is none (no fixed point, a rule that never
+    holds, a model without accuracy) the line says so in words instead of the original's crash."""
+    actual = result["actual"].get(ORIGINAL_RULE) or {"reason": NOT_COMPUTED + f"rule {ORIGINAL_RULE} was not run"}
     reading = actual.get("reading") or DEFAULT_READING[ORIGINAL_RULE]
+    actual_txt = _limit_txt(actual.get("prune_fraction"), actual.get("reason"), actual.get("lower_bound"))
+    others = [f"{r} p = {v['prune_fraction']!r}" for r, v in result["actual"].items()
+              if r != ORIGINAL_RULE and v.get("prune_fraction") is not None]
+    if actual.get("prune_fraction") is None and others:
+        actual_txt = actual_txt[:-1] + f"; result.json has {', '.join(others)})"
+    predicted = result["predicted"]
     return (f"important ev rate: {_txt(result['important_ev_rate'])}\n"
-            f"predicted maximum pruning ratio: {_txt(result['predicted']['prune_fraction'])}\n"
-            f"actual maximum pruning ratio: {_txt(actual.get('prune_fraction'))}\n"
-            f"conventions: loss {result.get('loss', 'data')}, actual = rule {ORIGINAL_RULE} read as {reading}"
-            + (f" (no limit: {actual['reason']})" if actual.get("reason") else "") + "\n")
+            f"predicted maximum pruning ratio: {_limit_txt(predicted['prune_fraction'], predicted.get('reason'))}\n"
+            f"actual maximum pruning ratio: {actual_txt}\n"
+            f"conventions: loss {result.get('loss', 'data')}, actual = rule {ORIGINAL_RULE} read as {reading}\n")
 
 
 def write_result_files(out_dir: str | os.PathLike, result: Mapping[str, Any]) -> tuple[Path, Path] | None:
