@@ -1,6 +1,7 @@
 """GaussNewtonOperator against an explicit G = Jᵀ H_out J from torch.autograd.functional.jacobian/hessian."""
 from __future__ import annotations
 
+import collections
 import math
 
 import pytest
@@ -125,6 +126,33 @@ def test_regularizer_top_k_trace_restricted_and_factory():
         curvature_operator("fisher", model, nn.functional.cross_entropy, data)
 
 
+class Structured(nn.Module):
+    """``net()`` whose output is a dict / tuple / namedtuple holding the logits beside other tensors."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.body, self.kind = net(), kind
+
+    def forward(self, x):
+        z = self.body(x)
+        aux = (z * 2).sum(dim=1)                  # depends on the weights, but the loss never reads it
+        if self.kind == "dict":
+            return {"logits": z, "aux": aux, "ids": x.argmax(dim=1)}
+        if self.kind == "namedtuple":
+            return collections.namedtuple("Out", "aux logits")(aux, z)
+        return aux, z
+
+
+@pytest.mark.parametrize("kind, pick", [("dict", lambda out: out["logits"]), ("tuple", lambda out: out[1]),
+                                        ("namedtuple", lambda out: out.logits)])
+def test_structured_outputs_use_the_tensors_the_loss_reads(kind, pick):
+    model, data = Structured(kind), batches("ce")
+    op = GaussNewtonOperator(model, lambda out, y: nn.functional.cross_entropy(pick(out), y), data)
+    G = explicit_gauss_newton(model.body, data, nn.functional.cross_entropy)
+    V = torch.randn(2, op.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(op.matmat(V), V @ G, rtol=1e-10, atol=1e-12)
+
+
 def test_refusals_name_the_fix():
     from prunelimit.train import model_loss
 
@@ -132,16 +160,16 @@ def test_refusals_name_the_fix():
     with pytest.raises(PrunelimitError, match="loss_fn\\(output, target\\)"):
         GaussNewtonOperator(model, model_loss(lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1])), data)
 
-    class TupleNet(nn.Module):
+    class Classes(nn.Module):   # returns class ids: nothing to differentiate
         def __init__(self):
             super().__init__()
             self.fc = nn.Linear(3, 3).double()
 
         def forward(self, x):
-            return self.fc(x), x
+            return self.fc(x).argmax(dim=1)
 
-    with pytest.raises(PrunelimitError, match="returned tuple for batch 0"):
-        GaussNewtonOperator(TupleNet(), lambda out, y: nn.functional.cross_entropy(out[0], y), data)
+    with pytest.raises(PrunelimitError, match="returned Tensor for batch 0 with none"):
+        GaussNewtonOperator(Classes(), lambda out, y: (out == y).double().mean(), data)
 
 
 def test_a_hessian_lanczos_state_is_never_resumed_as_gauss_newton(tmp_path):

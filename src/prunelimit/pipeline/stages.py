@@ -213,8 +213,8 @@ def pruned_spectrum_stage(cfg: RunConfig) -> Stage:
     masks = Path(cfg.spectrum.masks)
     return Stage("spectrum_pruned", DENSE_KEYS + ("spectrum", "limit.loss"), inputs={"masks": masks},
                  ignore=SPEED_ONLY_KEYS + ROWS_ONLY_KEYS + PRUNED_ONLY_KEYS + ("spectrum.density_kernel",),
-                 redo_hint=f"To take the spectrum under other masks, use another --out, or delete the marker "
-                           f"stages/spectrum_pruned.json of this run")
+                 redo_hint="To take the spectrum under other masks, use another --out, or delete the marker "
+                           "stages/spectrum_pruned.json of this run")
 
 
 def rows_stage(cfg: RunConfig) -> Stage:

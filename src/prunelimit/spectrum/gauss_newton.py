@@ -26,14 +26,15 @@ Hessian (zero almost everywhere for the L1 term; λI for an L2 term), as in ``He
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from collections.abc import Mapping
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
 from prunelimit import dist
 from prunelimit.errors import PrunelimitError
-from prunelimit.spectrum.memory import GraphMeter, MemoryBudget, format_bytes
+from prunelimit.spectrum.memory import GraphMeter, format_bytes
 from prunelimit.spectrum.operator import HessianOperator, _eval_mode, _flat
 from prunelimit.spectrum.second_order import missing_derivative, second_order_forward
 from prunelimit.train.batches import ModelLoss, call_model
@@ -41,37 +42,70 @@ from prunelimit.train.batches import ModelLoss, call_model
 MATRICES = ("hessian", "gauss_newton")
 
 
+def _float_leaves(obj, leaves: list[torch.Tensor]) -> Callable:
+    """Collect into ``leaves`` the floating-point tensors of a model output that carry a graph (the output
+    itself, or inside a tuple / list / dict / transformers ModelOutput); returns ``build(iterator)``, which
+    makes the same structure with the next tensors of ``iterator`` in their places."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() and obj.requires_grad:
+            leaves.append(obj)
+            return lambda it: next(it)
+        return lambda it: obj
+    if isinstance(obj, Mapping):
+        keys = list(obj.keys())
+        parts = [_float_leaves(obj[k], leaves) for k in keys]
+
+        def build_mapping(it):
+            values = {k: part(it) for k, part in zip(keys, parts)}
+            try:
+                return type(obj)(**values)     # dict, OrderedDict, ModelOutput
+            except TypeError:
+                return dict(values)
+        return build_mapping
+    if isinstance(obj, (tuple, list)):
+        parts = [_float_leaves(v, leaves) for v in obj]
+
+        def build_sequence(it):
+            items = [part(it) for part in parts]
+            return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)   # namedtuple or not
+        return build_sequence
+    return lambda it: obj
+
+
 class _BatchCurvature:
     """One batch's forward graph and the loss's curvature in its outputs.
 
-    ``outputs`` (B, ...) carries the network's graph; ``leaf`` is a detached copy that requires grad and
-    ``output_grad`` = ∂(n_b loss_b)/∂leaf built with ``create_graph``, so ∂(output_grad · w)/∂leaf =
-    H_b w. ``output_grad`` is None when the loss is linear in the outputs (H_b = 0)."""
+    ``outputs``: the output tensors the loss reads (each (B, ...)), carrying the network's graph;
+    ``leaves``: detached copies that require grad, and ``output_grads`` = ∂(n_b loss_b)/∂leaves built with
+    ``create_graph``, so ∂(Σ output_grad · w)/∂leaves = H_b w. An output_grad without a graph of its own
+    (the loss is linear in that output) contributes no curvature."""
 
-    def __init__(self, outputs: torch.Tensor, leaf: torch.Tensor, output_grad: torch.Tensor | None):
-        self.outputs, self.leaf, self.output_grad = outputs, leaf, output_grad
+    def __init__(self, outputs: list[torch.Tensor], leaves: list[torch.Tensor], output_grads: list[torch.Tensor]):
+        self.outputs, self.leaves, self.output_grads = outputs, leaves, output_grads
+        self.curved = [i for i, g in enumerate(output_grads) if g.requires_grad]
 
-    def output_hvp(self, w: torch.Tensor) -> torch.Tensor:
-        if self.output_grad is None:
-            return torch.zeros_like(w)
-        return torch.autograd.grad(self.output_grad, self.leaf, grad_outputs=w, retain_graph=True)[0]
+    def output_hvp(self, ws: list[torch.Tensor]) -> list[torch.Tensor]:
+        """H_b applied to the per-output vectors ``ws``."""
+        if not self.curved:
+            return [torch.zeros_like(w) for w in ws]
+        res = torch.autograd.grad([self.output_grads[i] for i in self.curved], self.leaves,
+                                  grad_outputs=[ws[i] for i in self.curved], retain_graph=True, allow_unused=True)
+        return [torch.zeros_like(w) if r is None else r for r, w in zip(res, ws)]
 
 
 class GaussNewtonOperator(HessianOperator):
     """G = (1/N) Σ_b J_bᵀ H_b J_b (+ the regularizer's Hessian) over ``batches``; see the module docstring.
 
-    Arguments as ``HessianOperator``; ``loss_fn(output, target)`` must take the model's output tensor
-    (a ``pl.model_loss`` function of the whole batch hides the outputs, so it is refused)."""
+    Arguments as ``HessianOperator``; ``loss_fn(output, target)`` takes the model's raw output, and z is
+    every floating-point tensor in it that the loss reads (a ``pl.model_loss`` function of the whole batch
+    hides the outputs, so it is refused)."""
 
     curvature = "gauss_newton"   # which matrix (checkpoints tell it from the Hessian by this)
     lean_graphs = False  # the lean graphs drop parts of the gradient's graph; G never builds that graph
 
     def __init__(self, model: nn.Module, loss_fn: Callable, batches: Iterable, *,
-                 params: Sequence[tuple[str, nn.Parameter]] | None = None,
-                 regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
-                 device: torch.device | str | None = None, cache_graph: bool | str = "auto",
-                 memory_budget: int | float | str | MemoryBudget | None = None,
-                 lean_graphs: bool | None = None, show_progress: bool = False):
+                 lean_graphs: bool | None = None, **kwargs):
+        """``kwargs``: HessianOperator's (params, regularizer, device, cache_graph, memory_budget, ...)."""
         if isinstance(loss_fn, ModelLoss):
             raise PrunelimitError("the Gauss-Newton matrix needs the model's outputs apart from the loss, but "
                                   "loss_fn is a pl.model_loss function of the whole batch; pass "
@@ -79,32 +113,31 @@ class GaussNewtonOperator(HessianOperator):
         if lean_graphs:
             raise PrunelimitError("lean_graphs=True applies to the Hessian's gradient graphs; the Gauss-Newton "
                                   "operator builds none — leave lean_graphs unset")
-        super().__init__(model, loss_fn, batches, params=params, regularizer=regularizer, device=device,
-                         cache_graph=cache_graph, memory_budget=memory_budget, lean_graphs=False,
-                         show_progress=show_progress)
+        super().__init__(model, loss_fn, batches, lean_graphs=False, **kwargs)
 
     # ------------------------------------------------------------------ construction
     def _curvature(self, inputs, targets, n: int, i: int) -> tuple[_BatchCurvature, torch.Tensor]:
         """Forward one batch with its graph; returns its curvature record and its mean loss."""
         with second_order_forward(False):  # math attention, twice-differentiable hardsigmoid: J v
-            outputs = call_model(self.model, inputs)   # differentiates the backward w.r.t. its input
-        if not isinstance(outputs, torch.Tensor) or not outputs.is_floating_point():
-            raise PrunelimitError(f"the Gauss-Newton matrix needs the model to return one floating-point tensor "
-                                  f"(the logits); {type(self.model).__name__} returned "
-                                  f"{type(outputs).__name__} for batch {i}. Wrap the model so forward returns "
-                                  f"the logits, or use the Hessian (matrix='hessian')")
-        leaf = outputs.detach().requires_grad_(True)
-        loss = self.loss_fn(leaf, targets)
+            output = call_model(self.model, inputs)    # differentiates the backward w.r.t. its input
+        found: list[torch.Tensor] = []
+        build = _float_leaves(output, found)
+        if not found:
+            raise PrunelimitError(f"the Gauss-Newton matrix needs the model's outputs as floating-point tensors "
+                                  f"that depend on the parameters; {type(self.model).__name__} returned "
+                                  f"{type(output).__name__} for batch {i} with none. Use the Hessian "
+                                  f"(matrix='hessian')")
+        detached = [t.detach().requires_grad_(True) for t in found]
+        loss = self.loss_fn(build(iter(detached)), targets)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise PrunelimitError(f"loss_fn must return the batch's mean loss as a scalar tensor; batch {i} "
                                   f"gave {type(loss).__name__} of shape {getattr(loss, 'shape', None)}")
         loss = loss.reshape(())
-        output_grad = None
-        if loss.requires_grad:
-            output_grad = torch.autograd.grad(loss * n, leaf, create_graph=True)[0]
-            if not output_grad.requires_grad:
-                output_grad = None   # the loss is linear in the outputs: H_b = 0
-        return _BatchCurvature(outputs, leaf, output_grad), loss.detach()
+        grads = (torch.autograd.grad(loss * n, detached, create_graph=True, allow_unused=True)
+                 if loss.requires_grad else [None] * len(detached))
+        read = [k for k, g in enumerate(grads) if g is not None]   # outputs the loss reads (logits, not caches)
+        record = _BatchCurvature([found[k] for k in read], [detached[k] for k in read], [grads[k] for k in read])
+        return record, loss.detach()
 
     def _build(self, cache_graph: bool | str) -> None:
         """One pass over the data: count samples, check the loss, and cache the forward graphs of as
@@ -120,7 +153,7 @@ class GaussNewtonOperator(HessianOperator):
                     meter = GraphMeter(self.params, self.device)
                     with meter:
                         record, loss = self._curvature(x, y, n, i)
-                        meter.add([record.output_grad])
+                        meter.add(record.output_grads)
                     if plan is None:
                         self.graph_bytes_first = meter.bytes
                         plan = self._plan_cache(cache_graph, meter.bytes)
@@ -179,20 +212,23 @@ class GaussNewtonOperator(HessianOperator):
         """Add (1/N) Jᵀ H_b J v for every row v of V (k, dim) to ``into``; ``keep``: the forward graph
         stays for later HVPs (a cached batch)."""
         outputs = record.outputs
-        # Jᵀu with its graph, linear in the dummy u: differentiating it w.r.t. u applies J
-        u = torch.zeros_like(outputs, requires_grad=True)
-        jtu = torch.autograd.grad(outputs, self.params, grad_outputs=u, create_graph=True, allow_unused=True)
+        if not outputs:   # the loss reads no output that depends on the parameters
+            return
+        # Jᵀu with its graph, linear in the dummies u: differentiating it w.r.t. u applies J
+        us = [torch.zeros_like(o, requires_grad=True) for o in outputs]
+        jtu = torch.autograd.grad(outputs, self.params, grad_outputs=us, create_graph=True, allow_unused=True)
         live = [(t, s, p) for t, s, p in zip(jtu, self._starts, self.params) if t is not None and t.requires_grad]
         k = V.shape[0]
         for r in range(k):
+            jv = [torch.zeros_like(o) for o in outputs]
             if live:
                 pieces = [V[r, s:s + p.numel()].view(p.shape) for _, s, p in live]
-                jv = torch.autograd.grad([t for t, _, _ in live], u, grad_outputs=pieces, retain_graph=True)[0]
-            else:
-                jv = torch.zeros_like(outputs)
-            w = record.output_hvp(jv.detach()) / self.num_samples
-            back = torch.autograd.grad(outputs, self.params, grad_outputs=w.to(outputs.dtype),
-                                       retain_graph=keep or r < k - 1, allow_unused=True)
+                got = torch.autograd.grad([t for t, _, _ in live], us, grad_outputs=pieces, retain_graph=True,
+                                          allow_unused=True)
+                jv = [z if g is None else g.detach() for g, z in zip(got, jv)]
+            ws = [(w / self.num_samples).to(o.dtype) for w, o in zip(record.output_hvp(jv), outputs)]
+            back = torch.autograd.grad(outputs, self.params, grad_outputs=ws, retain_graph=keep or r < k - 1,
+                                       allow_unused=True)
             for g, s, p in zip(back, self._starts, self.params):
                 if g is not None:
                     into[r, s:s + p.numel()].view(g.shape).add_(g)
@@ -232,12 +268,10 @@ class GaussNewtonOperator(HessianOperator):
                 record = next(records, None) if i < self.cached_batches else None
                 if record is None:
                     record, _ = self._curvature(x, y, n, i)
-                if record.output_grad is None:   # linear loss: its output gradient has no graph of its own
-                    leaf = record.outputs.detach().requires_grad_(True)
-                    out_grad = torch.autograd.grad(self.loss_fn(leaf, y).reshape(()) * n, leaf)[0]
-                else:
-                    out_grad = record.output_grad.detach()
-                grads = torch.autograd.grad(record.outputs, self.params, grad_outputs=out_grad / self.num_samples,
+                if not record.outputs:
+                    continue
+                grads = torch.autograd.grad(record.outputs, self.params,
+                                            grad_outputs=[og.detach() / self.num_samples for og in record.output_grads],
                                             retain_graph=i < self.cached_batches, allow_unused=True)
                 g += _flat(grads, self.params)
         dist.all_reduce_sum(g)
