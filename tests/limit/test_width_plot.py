@@ -12,7 +12,8 @@ from torch import nn
 from prunelimit.cli.main import main
 from prunelimit.limit import MagnitudeOrdering, predict_limit
 from prunelimit.limit import plots
-from prunelimit.limit.plots import RULE_WORDS, width_figure
+from prunelimit.limit.plots import rule_words, width_figure
+from prunelimit.spectrum import plots as spectrum_plots
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -30,10 +31,17 @@ def test_gaussian_width_png_zooms_and_marks_the_limits_of_result_json(tmp_path, 
         return save(fig, path)
 
     monkeypatch.setattr(plots, "_save", keep)
+    monkeypatch.setattr(spectrum_plots, "_save", keep)
     out = tmp_path / "run"
     args = ["run", "pipeline=limit", "train.epochs=15", "limit.sweep_points=100", "spectrum.lanczos_iter=16",
-            "spectrum.trace_samples=0", "spectrum.top_k=1", "--out", out, "--no-progress"]
+            "spectrum.trace_samples=0", "spectrum.top_k=1", "spectrum.important_eigs=true", "spectrum.row_quantiles=5",
+            "--out", out, "--no-progress"]
     assert main([str(a) for a in args]) == 0, capsys.readouterr().err
+    # every figure of the limit stage says which model on which data it shows
+    assert set(figures) == {"sweep.png", "gaussian_width.png", "spectral_density.png", "hessian_row_norms.png"}
+    for name, f in figures.items():
+        titles = [f._suptitle.get_text() if f._suptitle else ""] + [ax.get_title() for ax in f.axes]
+        assert any("fc_small on digits" in t for t in titles), name
     assert (out / "limit" / "gaussian_width.png").read_bytes()[:8] == PNG
     result = json.loads((out / "limit" / "result.json").read_text())
     expected = {"predicted": (result["predicted"]["R"], result["predicted"]["prune_fraction"])}
@@ -57,7 +65,10 @@ def test_gaussian_width_png_zooms_and_marks_the_limits_of_result_json(tmp_path, 
     labels = [t.get_text() for t in full.get_legend().get_texts()]
     for rule, v in result["actual"].items():
         if v["prune_fraction"] is not None:
-            assert f"actual ({RULE_WORDS[rule]}) p={v['prune_fraction']:.3f}" in labels
+            assert f"actual ({rule_words(rule, result['delta'])}) p={v['prune_fraction']:.3f}" in labels
+    sweep_labels = [t.get_text() for t in figures["sweep.png"].axes[0].get_legend().get_texts()]
+    assert any("test acc drop <= 1 point)" in t for t in sweep_labels + labels)   # delta's value, not 'delta'
+    assert not any("delta" in t for t in sweep_labels + labels)
 
 
 def _prediction(eps: float, flat: float = 0.0):

@@ -24,6 +24,15 @@ from prunelimit.errors import PrunelimitError
 # legends use the summary's words for each rule, not the config's keys
 RULE_WORDS = {"above_baseline": "test acc > unpruned", "acc_drop": "test acc drop <= delta",
               "loss_increase": "train loss <= L(w*) + eps"}
+
+
+def rule_words(rule: str, delta: float | None = None) -> str:
+    """The summary's words for ``rule``, with the accuracy drop's value when ``delta`` is known."""
+    if rule == "acc_drop" and delta is not None:
+        return f"test acc drop <= {float(delta):g} point" + ("" if float(delta) == 1 else "s")
+    return RULE_WORDS.get(rule, rule)
+
+
 _RULE_STYLE = {"above_baseline": ("tab:red", "-"), "acc_drop": ("tab:orange", "--"), "loss_increase": ("tab:purple", ":")}
 
 
@@ -46,13 +55,13 @@ def _keep_axis(ax) -> None:
     top.set_xlabel("keep_fraction (1 - prune_fraction)")
 
 
-def _mark_limits(ax, prediction: Prediction | None, actual, label: bool) -> None:
+def _mark_limits(ax, prediction: Prediction | None, actual, label: bool, delta: float | None = None) -> None:
     if prediction is not None and prediction.limit is not None:
         ax.axvline(prediction.limit, color="tab:green", ls="-.", lw=1.5,
                    label=f"predicted limit p*={prediction.limit:.3f}" if label else None)
     for rule, p in _actual_items(actual):
         color, ls = _RULE_STYLE.get(rule, ("black", "--"))
-        ax.axvline(float(p), color=color, ls=ls, lw=1.2, label=f"actual ({RULE_WORDS.get(rule, rule)}) p={float(p):.3f}" if label else None)
+        ax.axvline(float(p), color=color, ls=ls, lw=1.2, label=f"actual ({rule_words(rule, delta)}) p={float(p):.3f}" if label else None)
 
 
 def _zoom_start(p: np.ndarray, rows, prediction: Prediction | None, actual) -> float | None:
@@ -70,7 +79,7 @@ def _zoom_start(p: np.ndarray, rows, prediction: Prediction | None, actual) -> f
     return lo if lo > p.min() + 0.05 else None
 
 
-def _draw_sweep(ax_acc, ax_loss, p, rows, prediction, actual, label: bool) -> None:
+def _draw_sweep(ax_acc, ax_loss, p, rows, prediction, actual, label: bool, delta: float | None = None) -> None:
     for key, color, name in (("test_acc", "tab:blue", "test"), ("train_acc", "black", "train")):
         y = _column(rows, key)
         if np.isfinite(y).any():
@@ -90,7 +99,7 @@ def _draw_sweep(ax_acc, ax_loss, p, rows, prediction, actual, label: bool) -> No
     losses = losses[np.isfinite(losses)]
     if losses.size and losses.min() > 0 and losses.max() / losses.min() > 5:
         ax_loss.set_yscale("log")   # pruning near 1 blows the loss up by orders of magnitude
-    _mark_limits(ax_acc, prediction, actual, label=label)
+    _mark_limits(ax_acc, prediction, actual, label=label, delta=delta)
     _mark_limits(ax_loss, prediction, actual, label=False)
     ax_loss.set_xlabel("prune_fraction p (fraction of prunable weights removed)")
     _keep_axis(ax_acc)
@@ -102,11 +111,12 @@ def _draw_sweep(ax_acc, ax_loss, p, rows, prediction, actual, label: bool) -> No
 
 
 def plot_sweep(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], prediction: Prediction | None = None,
-               actual: Mapping[str, float | None] | float | None = None, *, conventions: str | None = None
-               ) -> Path | None:
+               actual: Mapping[str, float | None] | float | None = None, *, conventions: str | None = None,
+               delta: float | None = None) -> Path | None:
     """Accuracy (top) and data loss (bottom) versus prune fraction for test and train, limits marked; when
     the limits sit near p = 1 (the usual case), a second column zooms in on them. ``conventions`` (e.g.
-    ``results.conventions_line(result)``) becomes the figure's title."""
+    ``results.conventions_line(result)``) becomes the figure's title; ``delta`` (the acc_drop rule's allowed
+    drop, in points) is named in that rule's legend entry."""
     if not rows:
         raise PrunelimitError("plot_sweep needs sweep rows; run run_sweep first")
     rows = sorted(rows, key=lambda r: float(r["prune_fraction"]))
@@ -115,7 +125,7 @@ def plot_sweep(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], predi
     cols = 1 if lo is None else 2
     fig = Figure(figsize=(7 * cols, 7))
     axes = fig.subplots(2, cols, sharex="col", squeeze=False)
-    _draw_sweep(axes[0, 0], axes[1, 0], p, rows, prediction, actual, label=True)
+    _draw_sweep(axes[0, 0], axes[1, 0], p, rows, prediction, actual, label=True, delta=delta)
     axes[0, 0].set_ylabel("accuracy (%)")
     axes[1, 0].set_ylabel("loss")
     if lo is not None:
@@ -172,8 +182,8 @@ def _zoom_window(marks: list[tuple[float, float]]) -> tuple[tuple[float, float],
 
 
 def width_figure(prediction: Prediction, source: MagnitudeOrdering | Sequence[Mapping[str, Any]] | None = None,
-                 actual: Mapping[str, float | None] | float | None = None, *, conventions: str | None = None
-                 ) -> Figure:
+                 actual: Mapping[str, float | None] | float | None = None, *, conventions: str | None = None,
+                 delta: float | None = None) -> Figure:
     """The figure ``plot_width`` writes. Markers carry gids (``"predicted"``, ``"actual:<rule>"``) and the
     zoomed axes the label ``"zoom"``, so tests can read the drawn positions back."""
     if not prediction.curve:
@@ -185,7 +195,7 @@ def width_figure(prediction: Prediction, source: MagnitudeOrdering | Sequence[Ma
         marks.append(("predicted", f"predicted fixed point p*={prediction.limit:.3f}, R={prediction.R_at_limit:.3g}",
                       float(prediction.R_at_limit), float(prediction.limit), "black", "o"))
     for rule, p in _actual_items(actual):
-        marks.append((f"actual:{rule}", f"actual ({RULE_WORDS.get(rule, rule)}) p={p:.3f}", radius(p), p,
+        marks.append((f"actual:{rule}", f"actual ({rule_words(rule, delta)}) p={p:.3f}", radius(p), p,
                       _RULE_STYLE.get(rule, ("grey", "--"))[0], _ACTUAL_MARKERS.get(rule, "v")))
     window = _zoom_window([(m[2], m[3]) for m in marks])
     fig = Figure(figsize=(12.5, 5) if window else (6.5, 4.5))
@@ -225,11 +235,12 @@ def width_figure(prediction: Prediction, source: MagnitudeOrdering | Sequence[Ma
 def plot_width(path: str | os.PathLike, prediction: Prediction,
                source: MagnitudeOrdering | Sequence[Mapping[str, Any]] | None = None,
                actual: Mapping[str, float | None] | float | None = None, *,
-               conventions: str | None = None) -> Path | None:
+               conventions: str | None = None, delta: float | None = None) -> Path | None:
     """g(R(p)) and p against R: the predicted limit is where the two curves cross; the actual limits
     (``actual``: rule -> prune fraction, as for ``plot_sweep``) are marked on the network's curve, and a
     second panel zooms in on all of them (the crossing of an L1-trained net sits in a corner of the first).
 
     ``source`` gives the real p(R): a ``MagnitudeOrdering`` (R on a fine grid) or sweep rows (their R
-    column); without it the curve stored in ``prediction`` is used."""
-    return _save(width_figure(prediction, source, actual, conventions=conventions), path)
+    column); without it the curve stored in ``prediction`` is used. ``conventions`` and ``delta`` as for
+    ``plot_sweep``."""
+    return _save(width_figure(prediction, source, actual, conventions=conventions, delta=delta), path)

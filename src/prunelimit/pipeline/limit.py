@@ -192,7 +192,7 @@ class RowsStage(StageUnit):
         if dist.is_main():
             rows = res.rows()
             write_csv(out / paths.ROWS_CSV, list(rows[0].keys()), [list(r.values()) for r in rows])
-            plot_row_norms(out / paths.ROWS_PNG, res)
+            plot_row_norms(out / paths.ROWS_PNG, res, title=f"{cfg.model.name} on {cfg.data.dataset}")
         q = float(res.flat_fraction)
         say(f"important eigenvalues: {res.flat_count} of {s.row_quantiles} sampled Hessian rows are flat "
             f"(row L1 < {s.row_threshold:g}): q = {q:.2f}")
@@ -250,8 +250,8 @@ class LimitStage(StageUnit):
         title = f"{cfg.model.name} on {cfg.data.dataset}: {conventions_line(record)}"  # figures say what they show
         if dist.is_main():
             write_result_files(out, record)
-            plot_sweep(out / paths.SWEEP_PNG, rows, prediction, actual, conventions=title)
-            plot_width(out / paths.WIDTH_PNG, prediction, ordering, actual, conventions=title)
+            plot_sweep(out / paths.SWEEP_PNG, rows, prediction, actual, conventions=title, delta=lc.delta)
+            plot_width(out / paths.WIDTH_PNG, prediction, ordering, actual, conventions=title, delta=lc.delta)
         return LimitResult.from_json(record)
 
 

@@ -60,8 +60,9 @@ def plot_density(path, grid, density, nodes, weights, *, sigma: float | None = N
     return _save(fig, path)
 
 
-def plot_row_norms(path, row_result) -> str | None:
-    """Hessian-row L1 norm of the weight at each magnitude quantile; flat rows (below the cut) in red."""
+def plot_row_norms(path, row_result, *, title: str | None = None) -> str | None:
+    """Hessian-row L1 norm of the weight at each magnitude quantile; flat rows (below the cut) in red.
+    ``title`` (e.g. the model and dataset) heads the figure."""
     r = row_result
     x = (r.quantile * 100).numpy()
     floor = r.threshold / 10  # zero rows drawn just below the threshold so the log axis can show them
@@ -74,6 +75,7 @@ def plot_row_norms(path, row_result) -> str | None:
     ax.axhline(r.threshold, color="gray", linestyle="--", linewidth=1, label=f"threshold {r.threshold:g}")
     ax.set_xlabel("|w| quantile of the prunable weights (%)")
     ax.set_ylabel("Hessian row L1 norm")
-    ax.set_title(f"Important eigenvalues: q = {r.flat_fraction:.3f} ({r.flat_count}/{len(r.param_name)} flat)")
+    ax.set_title((f"{title}\n" if title else "")
+                 + f"Important eigenvalues: q = {r.flat_fraction:.3f} ({r.flat_count}/{len(r.param_name)} flat)")
     ax.legend(loc="best", fontsize=8)
     return _save(fig, path)
