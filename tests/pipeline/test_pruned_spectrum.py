@@ -58,6 +58,8 @@ def test_spectrum_of_the_kept_weights_beside_the_dense_one(tmp_path, capsys):
 
 def test_mask_files_load_safely_and_must_fit(tmp_path, capsys):
     out = tmp_path / "run"
+    assert cli("spectrum", *TINY, "--masks", tmp_path / "missing.safetensors", "--out", out) == 2
+    assert "missing.safetensors" in one_error(capsys) and not out.exists()   # refused before anything ran
     np.save(tmp_path / "weight_mask.npy", np.zeros(3))        # never unpickled without --allow-pickle
     assert cli("spectrum", *TINY, "--masks", tmp_path / "weight_mask.npy", "--out", out) == 2
     assert "--allow-pickle" in one_error(capsys)

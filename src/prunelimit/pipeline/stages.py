@@ -27,6 +27,7 @@ from prunelimit.runs import paths
 from prunelimit import dist
 from prunelimit.config.build import to_dict
 from prunelimit.config.schema import RunConfig
+from prunelimit.errors import PrunelimitError
 
 T = TypeVar("T")
 
@@ -286,6 +287,9 @@ def _limit_planned(cfg: RunConfig, run_path: Path, *, gp: bool, command: str) ->
 def _pruned_spectrum_planned(cfg: RunConfig, run_path: Path, *, gp: bool, command: str) -> list[Stage]:
     """With ``spectrum.masks``, the spectrum of the pruned subnetwork follows the dense one."""
     runs = cfg.pipeline in ("limit", "default") and cfg.stages.spectrum and cfg.spectrum.masks
+    if runs and not Path(cfg.spectrum.masks).is_file():   # said before any stage runs, not after training
+        raise PrunelimitError(f"spectrum.masks {cfg.spectrum.masks!r} does not exist or is not a file; give the path "
+                              f"of a mask file such as RUN/gp/weight_mask.safetensors")
     return [pruned_spectrum_stage(cfg)] if runs else []
 
 
