@@ -65,3 +65,17 @@ def test_stage_fingerprint_refuses_other_config(tmp_path):
     with pytest.raises(ValueError, match=r"limit.sweep_points: 1000 -> 200"):
         run.stage_result("sweep", {"limit.sweep_points": 200, "data": {"workers": 0}})
     assert run.stage_result("spectrum", {}) is None
+
+
+def test_another_model_name_is_refused_not_taken_for_the_run_name(tmp_path):
+    # "name" is volatile only at the top (the run's name); model.name is the model and must be compared
+    run = RunDir(tmp_path)
+    model = {"name": "fc_small", "init": "default"}
+    run.mark_done("dense", {"top1": 90.0}, {"model": model, "seed": 0})
+    with pytest.raises(ValueError, match=r"model.name: 'fc_small' -> 'tiny_mlp'"):
+        run.stage_result("dense", {"model": {**model, "name": "tiny_mlp"}, "seed": 0})
+    run.write_config({"name": "first", "model": model})
+    run.write_config({"name": "renamed", "model": model})            # another run name is fine
+    with pytest.raises(ValueError, match=r"different config \(model: name 'fc_small' -> 'tiny_mlp'\)"):
+        run.write_config({"name": "renamed", "model": {**model, "name": "tiny_mlp"}})
+    assert "tiny_mlp" not in (tmp_path / "config.yaml").read_text()   # the refused command wrote nothing

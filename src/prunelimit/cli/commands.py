@@ -191,6 +191,13 @@ def cmd_finetune(args, argv) -> int:
                               f"itself; drop --out (or copy the run directory first)")
         run_dir, method_dir, method = locate_pruned_run(Path(args.run_dir), args.method)
         cfg = load_config(run_dir / paths.CONFIG, values={**flags, "out": str(run_dir)})
+        recorded = load_config(run_dir / paths.CONFIG, values={"out": str(run_dir)}).data
+        if recorded is not None and cfg.data is not None and cfg.data.dataset != recorded.dataset:
+            # the model was pruned (and its classes chosen) on the recorded dataset; another one would also
+            # be written into config.yaml for every later command on this directory
+            raise ConfigError(f"--dataset {args.dataset}: {str(run_dir)!r} was pruned on dataset "
+                              f"{recorded.dataset!r} and fine-tunes on it; drop --dataset (--data-path says "
+                              f"where its files are now), or prune again with --out NEW")
         weights = Path(args.checkpoint) if args.checkpoint else method_dir / PRUNED_FILE
         mask_path = Path(args.masks) if args.masks else method_dir / MASK_FILE
     else:

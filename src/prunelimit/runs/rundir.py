@@ -28,6 +28,8 @@ LOCK_FILE = paths.LOCK
 # Keys that may change between invocations of the same run without invalidating its results.
 _VOLATILE = {"show_progress", "out", "device", "gpu", "name", "workers", "download", "allow_pickle", "threads",
              "eval_batch_size"}
+# Inside a section only these are volatile: "name" at the top is the run's name, but model.name is the model.
+_SECTION_VOLATILE = _VOLATILE - {"name"}
 # Keys whose change only matters for stages that have not run yet (later stages re-check them).
 _STAGE_KEYS = {"gp", "finetune", "prune", "limit", "spectrum", "stages", "pipeline"}
 
@@ -175,7 +177,7 @@ def _flat_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for k in sorted(set(old) | set(new)):
-            if k in _VOLATILE:
+            if k in (_VOLATILE if not prefix else _SECTION_VOLATILE):
                 continue
             out += _flat_diff(old.get(k), new.get(k), f"{prefix}{k}.")
         return out
@@ -191,7 +193,7 @@ def _project(old: Any, new: Any) -> Any:
 
 def _strip(d: Any) -> Any:
     if isinstance(d, dict):
-        return {k: _strip(v) for k, v in d.items() if k not in _VOLATILE}
+        return {k: _strip(v) for k, v in d.items() if k not in _SECTION_VOLATILE}   # d: one section
     return d
 
 
@@ -199,7 +201,7 @@ def _diff(old: Any, new: Any) -> str:
     if isinstance(old, dict) and isinstance(new, dict):
         keys = sorted(set(old) | set(new))
         parts = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys
-                 if k not in _VOLATILE and old.get(k) != new.get(k)]
+                 if k not in _SECTION_VOLATILE and old.get(k) != new.get(k)]
         return ", ".join(parts[:4])
     return f"{old!r} -> {new!r}"
 
