@@ -136,3 +136,16 @@ def test_cuda_operator_with_a_pinned_host_basis():
     torch.testing.assert_close(host_nodes, same_nodes, rtol=1e-5, atol=1e-6)
     device, why = resolve_basis_device("auto", op.device, 1 << 50)   # a petabyte never fits: host memory
     assert device.type == "cpu" and "free on cuda" in why
+
+
+def test_host_basis_with_partial_reorthogonalisation():
+    """reorthogonalize='partial' orthogonalises against the streamed basis when its estimate says so."""
+    op = MatrixOperator(spiked())
+    start = rademacher(2, op.dim, 3, torch.float64)
+    ritz = {}
+    for host in (False, True):
+        run = _LanczosRun(op, start, 30, host_basis=host, reorthogonalize="partial")
+        run.advance(30)
+        ritz[host] = [tridiagonal_eigh(*run.tridiagonal(p))[0] for p in range(2)]
+    for p in range(2):
+        torch.testing.assert_close(ritz[True][p], ritz[False][p], rtol=1e-10, atol=1e-10)
