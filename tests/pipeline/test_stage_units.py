@@ -155,11 +155,65 @@ def test_a_speed_only_key_resumes_a_finished_spectrum(finished, key):
                                         ("spectrum.lanczos_iter=7", "spectrum"), ("spectrum.seed=3", "spectrum"),
                                         ("spectrum.matrix=gauss_newton", "spectrum"),
                                         ("spectrum.density_kernel=original", "limit"),
-                                        ("limit.loss=regularized", "sweep")])
+                                        ("limit.loss=regularized", "spectrum")])
 def test_a_numbers_key_is_refused_naming_it(finished, key, stage):
     cfg = load_config("default", [*TINY, f"out={finished}", key])
     with pytest.raises(PrunelimitError, match=rf"stage '{stage}' made with different settings \({key.split('=')[0]}"):
         StageRunner(cfg, RunDir(finished)).preflight(planned_stages(cfg, finished))
+
+
+@pytest.mark.parametrize("key", ["limit.rule=acc_drop", "limit.delta=2.5", "limit.reading=largest_passing",
+                                 "limit.loss=regularized", "limit.coarse_points=9"])
+def test_limit_only_keys_of_a_grid_sweep_redo_the_limit_stage_only(finished, key):
+    """With limit.adaptive false the sweep's grid is all it evaluates: the rule's keys reach the limit
+    stage (and limit.loss the Hessian), never the sweep."""
+    cfg = load_config("default", [*TINY, f"out={finished}", key])
+    assert cfg.limit.adaptive is False
+    runner = StageRunner(cfg, RunDir(finished))
+    by_name = {s.name: s for s in planned_stages(cfg, finished)}
+    assert runner.check(by_name["dense"]) is not None and runner.check(by_name["sweep"]) is not None
+    refused = ["spectrum", "limit"] if key.startswith("limit.loss") else ["limit"]
+    for name in refused:
+        with pytest.raises(PrunelimitError, match=rf"stage '{name}' made with different settings \({key.split('=')[0]}"):
+            runner.check(by_name[name])
+
+
+def test_the_adaptive_search_keeps_the_rule_in_the_sweep_fingerprint(tmp_path):
+    grid = StageRunner(load_config("default", TINY), RunDir(tmp_path)).fingerprint(
+        planned_stages(load_config("default", TINY), tmp_path)[1])
+    cfg = load_config("default", [*TINY, "limit.adaptive=true", "limit.rule=loss_increase"])
+    adaptive = StageRunner(cfg, RunDir(tmp_path)).fingerprint(planned_stages(cfg, tmp_path)[1])
+    assert "limit.rule" not in grid and "limit.delta" not in grid
+    assert {"limit.rule", "limit.delta", "limit.reading", "limit.loss", "limit.coarse_points",
+            "limit.epsilon"} <= set(adaptive)
+
+
+@pytest.mark.parametrize("key", ["train.eval_every=3", "train.save_every_epoch=false", "stages.save_model=false"])
+def test_keys_that_change_no_trained_weight_resume_every_stage(finished, key):
+    cfg = load_config("default", [*TINY, f"out={finished}", key])
+    runner = StageRunner(cfg, RunDir(finished))
+    for stage in planned_stages(cfg, finished):
+        if stage.name in ("dense", "sweep", "spectrum", "limit"):
+            assert runner.check(stage) is not None, stage.name
+
+
+def test_a_marker_with_the_older_wider_fingerprint_still_loads(finished, tmp_path):
+    """Markers written while stages.save_model and the limit rule's keys were in the dense and sweep
+    fingerprints are compared on the keys those stages depend on now."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(finished, old)
+    for name, extra in (("dense", {"stages.save_model": False}), ("sweep", {"limit.rule": "x", "limit.delta": 9})):
+        marker = old / "stages" / f"{name}.json"
+        record = json.loads(marker.read_text())
+        record["_fingerprint"].update(extra)
+        record["_fingerprint"]["train"]["eval_every"] = 99
+        marker.write_text(json.dumps(record))
+    cfg = load_config("default", [*TINY, f"out={old}"])
+    runner = StageRunner(cfg, RunDir(old))
+    for stage in planned_stages(cfg, old)[:2]:
+        assert runner.check(stage) is not None, stage.name
 
 
 def test_a_started_stage_under_other_settings_is_not_resumed(tmp_path, monkeypatch):

@@ -93,8 +93,17 @@ def file_digest(path: str | os.PathLike) -> str | None:
     return _DIGESTS[key]
 
 
+# Keys that change no number any stage computes, left out of every fingerprint: how often training
+# evaluates and saves (the trained weights are the same; train/state.py resumes across them too).
+# stages.save_model is in no fingerprint either: it decides whether the weights are kept on disk, and a
+# dense stage whose weights were not kept is trained again (DenseStage.load).
+NUMBER_FREE_KEYS = ("train.eval_every", "train.save_every_epoch")
+
+
 def config_slice(cfg: RunConfig, keys: tuple[str, ...], ignore: tuple[str, ...] = ()) -> dict:
-    """``{key: value}`` for each of ``keys``; a whole section without the ``ignore``d keys inside it."""
+    """``{key: value}`` for each of ``keys``; a whole section without the ``ignore``d keys inside it (and
+    without ``NUMBER_FREE_KEYS``)."""
+    ignore = tuple(ignore) + NUMBER_FREE_KEYS
     full = to_dict(cfg)
     out: dict = {}
     for key in keys:
@@ -168,7 +177,7 @@ class StageRunner:
 
 
 # ---- the stages of this project, declared in one place ----------------------------------------------
-DENSE_KEYS = ("model", "data", "train", "seed", "stages.save_model")
+DENSE_KEYS = ("model", "data", "train", "seed")
 SUBSET_KEYS = ("prune.include", "prune.exclude")
 
 
@@ -179,12 +188,16 @@ def dense_stage(cfg: RunConfig) -> Stage:
 
 
 def sweep_stage(cfg: RunConfig) -> Stage:
+    """The grid sweep depends on its grid only; the adaptive search also on the rule it bisects (and on
+    coarse_points, delta, reading, loss, epsilon), so changing those redoes only the limit stage when
+    ``limit.adaptive`` is false."""
     lc = cfg.limit
     keys = DENSE_KEYS + SUBSET_KEYS + ("limit.sweep_points", "limit.tail_points", "limit.adaptive",
-                                       "limit.coarse_points", "limit.sweep_train", "limit.rule", "limit.delta",
-                                       "limit.reading", "limit.loss")
-    if lc.adaptive and lc.rule == "loss_increase":  # its search stops where epsilon says
-        keys += ("limit.epsilon", "limit.epsilon_ddof")
+                                       "limit.sweep_train")
+    if lc.adaptive:   # the search evaluates where the rule says
+        keys += ("limit.coarse_points", "limit.rule", "limit.delta", "limit.reading", "limit.loss")
+        if lc.rule == "loss_increase":  # its search stops where epsilon says
+            keys += ("limit.epsilon", "limit.epsilon_ddof")
     return Stage("sweep", keys)
 
 
