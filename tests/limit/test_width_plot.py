@@ -42,6 +42,8 @@ def test_gaussian_width_png_zooms_and_marks_the_limits_of_result_json(tmp_path, 
     for name, f in figures.items():
         titles = [f._suptitle.get_text() if f._suptitle else ""] + [ax.get_title() for ax in f.axes]
         assert any("fc_small on digits" in t for t in titles), name
+        internal = ("above_baseline", "acc_drop", "loss_increase", "largest_passing", "first_failure")
+        assert not any(key in t for t in titles for key in internal), (name, titles)   # the summary's words
     assert (out / "limit" / "gaussian_width.png").read_bytes()[:8] == PNG
     result = json.loads((out / "limit" / "result.json").read_text())
     expected = {"predicted": (result["predicted"]["R"], result["predicted"]["prune_fraction"])}

@@ -17,21 +17,9 @@ from matplotlib.figure import Figure
 from prunelimit import dist
 from prunelimit.limit.ordering import MagnitudeOrdering
 from prunelimit.limit.width import Prediction
-from prunelimit.limit.results import ORIGINAL_RULE
+from prunelimit.limit.results import ORIGINAL_RULE, rule_words
 from prunelimit.runs.io import atomic_write_bytes
 from prunelimit.errors import PrunelimitError
-
-# legends use the summary's words for each rule, not the config's keys
-RULE_WORDS = {"above_baseline": "test acc > unpruned", "acc_drop": "test acc drop <= delta",
-              "loss_increase": "train loss <= L(w*) + eps"}
-
-
-def rule_words(rule: str, delta: float | None = None) -> str:
-    """The summary's words for ``rule``, with the accuracy drop's value when ``delta`` is known."""
-    if rule == "acc_drop" and delta is not None:
-        return f"test acc drop <= {float(delta):g} point" + ("" if float(delta) == 1 else "s")
-    return RULE_WORDS.get(rule, rule)
-
 
 _RULE_STYLE = {"above_baseline": ("tab:red", "-"), "acc_drop": ("tab:orange", "--"), "loss_increase": ("tab:purple", ":")}
 

@@ -90,12 +90,28 @@ LOSS_WORDS = {"data": "data loss (the criterion, without the L1 term)",
               "regularized": "regularised loss (criterion + lambda * ||theta||_1, as the original)"}
 
 
+# the summary's words for each rule and reading (figures and their titles use these, not the config's keys)
+RULE_WORDS = {"above_baseline": "test acc > unpruned", "acc_drop": "test acc drop <= delta",
+              "loss_increase": "train loss <= L(w*) + eps"}
+READING_WORDS = {"largest_passing": "largest p where it holds", "first_failure": "holds at every p' <= p"}
+
+
+def rule_words(rule: str, delta: float | None = None) -> str:
+    """The summary's words for ``rule``, with the accuracy drop's value when ``delta`` is known."""
+    if rule == "acc_drop" and delta is not None:
+        return f"test acc drop <= {float(delta):g} point" + ("" if float(delta) == 1 else "s")
+    return RULE_WORDS.get(rule, rule)
+
+
 def conventions_line(result: Mapping[str, Any]) -> str:
-    """One line naming the conventions behind ``result``: loss, each rule's reading, epsilon's ddof."""
-    readings = ", ".join(f"{r} {v.get('reading')}" for r, v in result.get("actual", {}).items())
+    """One line naming the conventions behind ``result`` in words: the loss, how each rule is read, and
+    epsilon's ddof (the figures' titles)."""
+    delta = result.get("delta")
+    readings = "; ".join(f"{rule_words(r, delta)}: {READING_WORDS.get(v.get('reading'), v.get('reading'))}"
+                         for r, v in result.get("actual", {}).items())
     ddof = result.get("epsilon_ddof")
-    return (f"loss: {result.get('loss', 'data')}; readings: {readings or '-'}"
-            + ("" if ddof is None else f"; eps ddof {ddof}"))
+    return (f"{result.get('loss', 'data')} loss; {readings or 'no actual limits'}"
+            + ("" if ddof is None else f"; eps = std with ddof {ddof}"))
 
 
 def _txt(v: float | None) -> str:
