@@ -106,3 +106,37 @@ def test_partial_resumed_from_a_checkpoint_still_matches(tmp_path):
 def test_an_unknown_mode_is_refused():
     with pytest.raises(PrunelimitError, match="reorthogonalize='sometimes' is invalid"):
         run(torch.float32, "sometimes", dim=100, steps=5)
+
+
+class AsymmetricDiagonal(diagonal_operator):
+    """diag(d) plus a non-symmetric error of 1e-5 of ||H|| coupling the outliers' coordinates, like a
+    float32 HVP through a deep network (off by ~1e-6..1e-5 of ||H||, not exactly symmetric): far above
+    the eps ||H|| of Simon's textbook rounding term."""
+
+    def matmat(self, V, out=None):
+        out = torch.mul(V, self.d, out=out)
+        for a, b in ((0, 1), (1, 2), (2, 0)):
+            out[:, a] += 1e-5 * float(self.d.abs().max()) * V[:, b]
+        return out
+
+
+@pytest.mark.parametrize("calibrated", [True, False])
+def test_the_estimate_uses_the_measured_error_of_a_step(calibrated, monkeypatch):
+    """With eps ||H|| as the rounding term the estimate misses this operator's loss of orthogonality
+    (the basis ends far from orthogonal); with the error measured on the first steps it stays
+    semi-orthogonal."""
+    import prunelimit.spectrum.lanczos as lanczos
+
+    if not calibrated:
+        monkeypatch.setattr(lanczos, "CALIBRATION_STEPS", 0)
+    dim, steps = 20_000, 80
+    r = _LanczosRun(AsymmetricDiagonal(outlier_diagonal(dim, torch.float32)), rademacher(1, dim, seed=5), steps,
+                    reorthogonalize="partial")
+    r.advance(steps)
+    basis = r.probe_basis(0).double()
+    loss = float((basis @ basis.T - torch.eye(steps, dtype=torch.float64)).abs().max())
+    semi = math.sqrt(torch.finfo(torch.float32).eps)
+    if calibrated:
+        assert loss <= semi and r.omega[0].noise > 10 * torch.finfo(torch.float32).eps
+    else:
+        assert loss > 0.1

@@ -27,7 +27,7 @@ from prunelimit.spectrum.checkpoint import LanczosCheckpoint
 from prunelimit.spectrum.host_basis import RowStreamer, allocate_host, orthogonalize_streamed, wants_host_basis
 from prunelimit.spectrum.memory import format_bytes
 from prunelimit.spectrum.operator import apply_operator
-from prunelimit.spectrum.partial_reorth import OrthogonalityEstimate
+from prunelimit.spectrum.partial_reorth import CALIBRATION_STEPS, OrthogonalityEstimate
 from prunelimit.spectrum.reductions import dot64, norm64, project64
 
 log = logging.getLogger(__name__)
@@ -200,6 +200,9 @@ class _LanczosRun:
             beta_j = float(norms2[p].clamp_min(0).sqrt())
             norm_h = max(float(self.scale[p]), abs(float(alpha[p, j])), beta_j)
             chosen = self.omega[p].due(j, alpha[p], self.beta[p], beta_j, norm_h) if self.active[p] else None
+            if self.active[p] and j < CALIBRATION_STEPS and not self.host_basis:   # measure the step's error
+                self.omega[p].calibrate(project64(self.basis[:j + 1, p], w[p]), norm_h)
+                chosen = torch.arange(j + 1)
             if chosen is None:
                 continue
             if self.host_basis:   # streamed from host memory: against the whole basis
