@@ -33,13 +33,13 @@ def shipped_configs() -> dict[str, Path]:
 def resolve_config_path(spec: str | os.PathLike) -> Path:
     """A path, or the name of a shipped config (``FC_CIFAR10_l1``)."""
     p = Path(spec)
-    if p.exists():
-        if p.is_dir():
-            raise ConfigError(f"config {str(p)!r} is a directory; give a YAML file")
+    if p.is_file():
         return p
     shipped = shipped_configs()
-    if str(spec) in shipped:
+    if str(spec) in shipped:   # a folder of that name (a run directory called "default") does not hide it
         return shipped[str(spec)]
+    if p.is_dir():
+        raise ConfigError(f"config {str(p)!r} is a directory; give a YAML file")
     raise ConfigError(f"config file {str(spec)!r} does not exist{suggest(str(spec), shipped)}; "
                       f"shipped configs: {', '.join(shipped)}")
 

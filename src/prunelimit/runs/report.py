@@ -126,11 +126,13 @@ def summary_lines(s: RunSummary | Mapping) -> list[str]:
     if s.run_dir:
         lines.append("")
         lines.append(f"Files in {s.run_dir}/:")
-        for sub in ("limit", *gp):
-            folder = Path(s.run_dir) / sub
-            if folder.is_dir():
-                names = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-                lines.append(f"  {sub}/: {', '.join(names)}")
+        top = Path(s.run_dir)
+        for sub in ("", paths.DENSE, paths.LIMIT, *gp, paths.STAGES):   # "": the run directory's own files
+            folder = top / sub
+            names = (sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+                     if folder.is_dir() else [])
+            if names:
+                lines.append(f"  {sub + '/' if sub else '.'}: {', '.join(names)}")
     if s.seconds is not None:
         parts = ", ".join(f"{k} {v:.1f}" for k, v in (s.stage_seconds or {}).items())
         lines.append(f"Finished in {s.seconds} s" + (f" (seconds per stage: {parts})." if parts else "."))

@@ -7,6 +7,7 @@ refused with the keys that differ, so results of two configs never mix.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import platform
@@ -158,7 +159,14 @@ class RunDir:
             return
         make_dirs(self.path)
         path = self.path / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:   # a run directory on a read-only or foreign file system: one line, not a traceback
+            if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise PrunelimitError(f"run directory {str(self.path)!r} is not writable: cannot create its "
+                                      f"{LOCK_FILE} ({e.strerror}, errno {e.errno}); choose a writable --out, or "
+                                      f"copy the run directory somewhere writable") from None
+            raise
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
