@@ -176,3 +176,19 @@ def test_one_training_batch_is_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="one batch of batch_size 128; pass a smaller batch_size="):
         pl.fundamental_limit(nn.Linear(4, 3), (x, y), (x, y), out=tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+def test_library_draws_no_progress_bars_into_a_log_file(tmp_path, capfd):
+    # the README's call with stderr going to a file (capfd: not a terminal): no '\r' bar redraws, the same
+    # policy as the command line; show_progress=True still draws them on request
+    torch.manual_seed(0)
+    model = pl.create_model("fc_small", num_classes=10, input_shape=(1, 1, 64))
+    train = (torch.randn(256, 1, 1, 64), torch.randint(0, 10, (256,)))
+    test = (torch.randn(64, 1, 1, 64), torch.randint(0, 10, (64,)))
+    tiny = {"limit": {"sweep_points": 20, "epsilon": 0.1},
+            "spectrum": {"lanczos_iter": 8, "lanczos_num": 1, "trace_samples": 1, "top_k": 1}}
+    capfd.readouterr()
+    pl.fundamental_limit(model, train, test, out=tmp_path / "quiet", batch_size=64, **tiny)
+    assert "\r" not in capfd.readouterr().err
+    pl.fundamental_limit(model, train, test, out=tmp_path / "bars", batch_size=64, show_progress=True, **tiny)
+    assert capfd.readouterr().err.count("\r") > 10

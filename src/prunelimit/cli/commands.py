@@ -61,9 +61,9 @@ def flag_values(args: argparse.Namespace) -> dict[str, tuple[str, object]]:
 
 def _interactive() -> bool:
     """Progress bars only when stderr is a terminal; piped output gets the per-stage lines alone."""
-    import sys
+    from prunelimit.progress import stderr_is_terminal
 
-    return sys.stderr.isatty()
+    return stderr_is_terminal()
 
 
 def _flag(dest: str) -> str:

@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from prunelimit import dist
+from prunelimit.progress import progress_wanted
 from prunelimit.limit.ordering import MagnitudeOrdering
 from prunelimit.limit.rules import LOSS_COLUMN, check_reading, rule_limit, rule_predicate
 from prunelimit.runs.io import read_csv, write_csv
@@ -167,7 +168,7 @@ class _DenseBackup:
 
 
 def run_sweep(model: nn.Module, ordering: MagnitudeOrdering, fractions: Sequence[float], evaluate_test: Evaluate,
-              evaluate_train: Evaluate | None = None, *, show_progress: bool = True,
+              evaluate_train: Evaluate | None = None, *, show_progress: bool | None = None,
               csv_path: str | os.PathLike | None = None, resume: bool = False,
               flush_seconds: float = 5.0) -> list[dict]:
     """Prune ``model`` incrementally along ``fractions`` (ascending, starting at 0) and evaluate each step.
@@ -178,6 +179,7 @@ def run_sweep(model: nn.Module, ordering: MagnitudeOrdering, fractions: Sequence
     ``flush_seconds`` and at the end (also when interrupted); ``resume=True`` reuses its rows and evaluates
     only the missing fractions (under torchrun every rank reads the table, so it must be on a filesystem
     all ranks see). The model holds its dense weights again when this returns or raises.
+    ``show_progress``: True/False, or None (default) for a progress bar only when stderr is a terminal.
     """
     grid = check_grid(fractions)
     if resume and csv_path is None:
@@ -187,7 +189,7 @@ def run_sweep(model: nn.Module, ordering: MagnitudeOrdering, fractions: Sequence
     rows: list[dict] = []
     backup = _DenseBackup(model, ordering)
     k_now, last_write = 0, time.monotonic()
-    bar = tqdm(total=len(grid), desc="sweep", disable=not show_progress or not dist.is_main())
+    bar = tqdm(total=len(grid), desc="sweep", disable=not progress_wanted(show_progress) or not dist.is_main())
     try:
         for p in grid:
             k = ordering.count(p)
@@ -218,7 +220,7 @@ def adaptive_limit_search(model: nn.Module, ordering: MagnitudeOrdering, evaluat
                           evaluate_train: Evaluate | None = None, coarse_points: int = 20, tol: float = 1 / 1000,
                           delta: float = 1.0, epsilon: float | None = None, baseline: float | None = None,
                           reading: str | None = None, loss: str = "data",
-                          show_progress: bool = True) -> tuple[float | None, list[dict]]:
+                          show_progress: bool | None = None) -> tuple[float | None, list[dict]]:
     """Find the actual limit of ``rule`` (in ``reading``) with a few dozen evaluations instead of a full sweep.
 
     Works on the full grid's points i / M (M = round(1/tol), the grid ``default_grid(M)``): evaluates the
@@ -246,7 +248,7 @@ def adaptive_limit_search(model: nn.Module, ordering: MagnitudeOrdering, evaluat
     backup = _DenseBackup(model, ordering)
     cache: dict[int, dict] = {}
     k_now = 0
-    bar = tqdm(desc=f"adaptive limit ({rule})", disable=not show_progress or not dist.is_main())
+    bar = tqdm(desc=f"adaptive limit ({rule})", disable=not progress_wanted(show_progress) or not dist.is_main())
 
     def row_at(i: int) -> dict:
         nonlocal k_now

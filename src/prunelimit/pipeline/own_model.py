@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from prunelimit import dist
+from prunelimit.progress import progress_wanted
 from prunelimit.config.build import to_dict
 from prunelimit.config.schema import RunConfig, StagesConfig
 from prunelimit.errors import PrunelimitError
@@ -112,7 +113,7 @@ def fundamental_limit(model: nn.Module, train: Any, test: Any, *, out: str | Pat
                       eval_batch_size: int | None = None, limit: LimitConfig | Mapping | None = None,
                       spectrum: SpectrumConfig | Mapping | None = None, include=None, exclude=None,
                       num_classes: int | None = None, device: str | torch.device = "auto", seed: int = 0,
-                      show_progress: bool = True) -> dict:
+                      show_progress: bool | None = None) -> dict:
     """How far can ``model`` be pruned? Predicted (Gaussian width) and actual (sweep) limits, in one call.
 
     ``train`` / ``test``: ``(inputs, targets)`` (inputs a tensor, a tuple of tensors passed positionally or
@@ -125,7 +126,9 @@ def fundamental_limit(model: nn.Module, train: Any, test: Any, *, out: str | Pat
     ``limit={"loss": "regularized"}``, and for the sweep table's ``l1_penalty`` column). ``limit`` /
     ``spectrum``: the config sections (``LimitConfig`` / ``SpectrumConfig`` or dicts of their keys, e.g.
     ``limit={"rule": "acc_drop", "reading": "largest_passing", "tail_points": 50}``). ``include`` /
-    ``exclude``: module-name patterns of the prunable weights. Returns the ``result.json`` dict.
+    ``exclude``: module-name patterns of the prunable weights. ``show_progress``: True/False, or None (default) for progress
+    bars only when stderr is a terminal (a log file gets the per-stage lines, not bar redraws). Returns the
+    ``result.json`` dict.
     """
     if not isinstance(model, nn.Module):
         raise PrunelimitError(f"fundamental_limit: model must be an nn.Module; got {type(model).__name__}")
@@ -144,7 +147,8 @@ def fundamental_limit(model: nn.Module, train: Any, test: Any, *, out: str | Pat
         raise PrunelimitError(f"fundamental_limit: epsilon is the std of the per-minibatch training loss, but the "
                               f"{len(train_set)} training samples make one batch of batch_size {bs}; pass a smaller "
                               f"batch_size= or limit={{'epsilon': <number>}}")
-    cfg = RunConfig(pipeline="limit", out=str(out), device=str(device), seed=seed, show_progress=show_progress,
+    cfg = RunConfig(pipeline="limit", out=str(out), device=str(device), seed=seed,
+                    show_progress=progress_wanted(show_progress),
                     eval_batch_size=eval_batch_size,
                     train=TrainConfig(batch_size=bs, criterion=criterion, label_smoothing=label_smoothing,
                                       l1_lambda=l1_lambda, l1_params=l1_params),

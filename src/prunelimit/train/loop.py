@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from prunelimit.runs import paths
 from prunelimit import dist
+from prunelimit.progress import progress_wanted
 from prunelimit.pruning.names import unwrap_model
 from prunelimit.runs.checkpoint import check_state_dict
 from prunelimit.runs.io import write_csv
@@ -59,7 +60,7 @@ class TrainResult:
 
 def train(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *, device=None, masks=None,
           run_dir=None, log_name: str = paths.TRAIN_LOG, orig_acc: float | None = None, resume: bool = True,
-          show_progress: bool = True, num_classes: int | None = None,
+          show_progress: bool | None = None, num_classes: int | None = None,
           stop_after_epoch: int | None = None, loss_fn=None, metrics_fn=None) -> TrainResult:
     """Train ``model`` in place for ``cfg.epochs`` epochs and return a ``TrainResult``.
 
@@ -73,6 +74,7 @@ def train(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *, devi
     ``pl.model_loss(fn)`` replaces the configured criterion (label smoothing then unused), for any model
     and batch layout (see ``train/batches.py``); ``metrics_fn(output, target) -> {name: batch mean}`` adds
     evaluation metrics. Without accuracy (not a classifier) the best model is the one of lowest test loss.
+    ``show_progress``: True/False, or None (default) for progress bars only when stderr is a terminal.
     """
     if not isinstance(cfg, TrainConfig):
         raise PrunelimitError(f"cfg must be a prunelimit.train.TrainConfig, got {type(cfg).__name__}")
@@ -211,7 +213,7 @@ def _train_one_epoch(net, model, loader, optimizer, schedule, scaler, objective,
     no_bad = torch.iinfo(torch.int64).max
     first_bad = torch.full((), no_bad, dtype=torch.int64, device=device)  # first iteration with a non-finite loss
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-               disable=not show_progress or not dist.is_main())
+               disable=not progress_wanted(show_progress) or not dist.is_main())
     for i, batch in enumerate(bar):
         loss, n, hits, _ = objective.forward(net, batch, device, autocast, "the training loader")
         if cfg.l1_lambda > 0:
