@@ -199,8 +199,10 @@ def test_mnist_errors_name_the_file_and_how_to_get_it(tmp_path, monkeypatch):
         raise URLError("no network")
 
     monkeypatch.setattr(mnist_module, "_download", offline)
-    with pytest.raises(ValueError, match="downloading into .*failed.*no network.*place the files yourself"):
+    with pytest.raises(ValueError, match="downloading into .*failed.*no network.*place the files yourself: "
+                                         "Place train-images-idx3-ubyte") as failed:
         create_dataset("mnist", tmp_path / "empty", train=False, download=True)
+    assert "download: true" not in str(failed.value)
 
 
 # --------------------------------------------------------------------------- CIFAR
@@ -315,8 +317,11 @@ def test_cifar_missing_files_and_failed_download(tmp_path, monkeypatch):
         raise URLError("name resolution failed")
 
     monkeypatch.setattr(cifar_module, "_download", offline)
-    with pytest.raises(ValueError, match="cifar10: downloading into .*URLError.*name resolution failed"):
+    with pytest.raises(ValueError, match="cifar10: download is on, but downloading into .*URLError.*name resolution "
+                                         "failed.*network connection.*Extract cifar-10-python.tar.gz") as failed:
         create_dataset("cifar10", tmp_path, train=True, download=True)
+    assert "download: true" not in str(failed.value)   # it is on already: no advice to turn it on
+    assert "--download" not in str(failed.value)
 
 
 # --------------------------------------------------------------------------- Tiny ImageNet

@@ -66,6 +66,16 @@ def _interactive() -> bool:
     return stderr_is_terminal()
 
 
+def _refuse_key_without_value(word: str) -> None:
+    """``prunelimit run train.lr``: a config key without ``=VALUE`` (read as a config file name otherwise)."""
+    from prunelimit.config.schema import default_dict
+
+    section = word.split(".", 1)[0]
+    if "=" not in word and "." in word and section in default_dict() and not Path(word).exists():
+        raise ConfigError(f"{word!r} names the config key {word} but gives no value; write {word}=VALUE "
+                          f"(e.g. train.lr=0.05), or give an existing config file")
+
+
 def _flag(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 
@@ -82,6 +92,8 @@ def _config(args: argparse.Namespace, *, extra: dict[str, object] | None = None,
     positional = list(getattr(args, "overrides", []) or [])
     if config is not None and "=" in config and not Path(config).exists():
         config, positional = None, [config] + positional  # `prunelimit run key=value ...` without CONFIG
+    for word in ([config] if config is not None else []) + positional:
+        _refuse_key_without_value(word)
     flags = {k: v for k, v in flag_values(args).items() if k not in drop}
     values = {**(extra or {}), **{k: v for k, (_, v) in flags.items()}}
     if not _interactive():  # piped or logged: a line per stage, not thousands of bar redraws
@@ -221,12 +233,17 @@ def cmd_report(args, argv) -> int:
 
 
 def cmd_validate(args, argv) -> int:
+    if len(args.configs) == 1:   # one config: its error is the one `error:` line, nothing to count
+        cfg = load_config(args.configs[0])
+        print(f"OK {args.configs[0]}" if args.quiet else
+              f"# {args.configs[0]}: OK (pipeline {cfg.pipeline})\n{dump_config(cfg)}")
+        return 0
     failed = 0
     for spec in args.configs:
         try:
             cfg = load_config(spec)
-        except PrunelimitError as e:
-            print(f"error: {e}")
+        except PrunelimitError as e:   # a line per config on stdout; the count is the one `error:` line
+            print(f"FAILED {spec}: {e}")
             failed += 1
             continue
         if args.quiet:

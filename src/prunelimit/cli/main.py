@@ -30,23 +30,33 @@ EPILOG = """examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors as one ``error: ...`` line, like every other user error (``-h`` shows the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}; see `{self.prog} -h`\n")
+
+
 def _common(p: argparse.ArgumentParser, *, config: bool = True, config_required: bool = False) -> None:
     if config:
         p.add_argument("config", nargs=None if config_required else "?", default=None,
                        help="YAML config file or the name of a shipped config (see `prunelimit ls configs`)")
         p.add_argument("overrides", nargs="*", metavar="key=value",
                        help="config overrides such as train.lr=0.05 or the original flat keys (lmbda=5e-5)")
-    p.add_argument("--out", help="run directory (default: runs/<config name>)")
+    p.add_argument("--out", help="run directory")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1")
     p.add_argument("--seed", type=int, help="seeds model init, data order, training and the Hessian probes")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars [config key show_progress; default: bars only when stderr is a terminal, "
+                        "a line per stage when it is a file or pipe]")
     p.add_argument("--allow-pickle", action="store_true",
                    help="let this command unpickle checkpoint/mask files, which can run code (trusted files only); "
                         "never read from a config or run directory")
 
 
 def _gp_flags(p: argparse.ArgumentParser, *, prune: bool = True) -> None:
-    g = p.add_argument_group("the original GP flags (fine-tuning recipe and pruning)")
+    g = p.add_argument_group("the original GP flags (fine-tuning recipe and pruning)" if prune
+                             else "the original GP flags (fine-tuning recipe)")
     g.add_argument("--epochs", type=int, help="fine-tuning epochs")
     g.add_argument("--batch-size", type=int, help="total batch size over all GPUs")
     g.add_argument("--lr", type=float, help="initial learning rate")
@@ -73,16 +83,16 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
                                    "mypkg.module:factory")
     g.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
                    help="keyword argument for the model factory (repeatable), e.g. --model-arg depth=4")
-    g.add_argument("--num-classes", type=int, help="output classes (default: the dataset's)")
+    g.add_argument("--num-classes", type=int, help="output classes")
     g.add_argument("--input-shape", help="C,H,W of one example, for models that need it when no --dataset is given")
     g.add_argument("--checkpoint", help="weights: a state_dict, {'state_dict': ...}, DDP 'module.' keys accepted")
-    g.add_argument("--dataset", help="dataset name (see `prunelimit ls datasets`); omit to skip evaluation")
+    g.add_argument("--dataset", help="dataset name (see `prunelimit ls datasets`)")
     g.add_argument("--data-path", help="folder with the dataset files")
     g.add_argument("--download", action="store_true", help="download mnist/cifar10/cifar100 when missing")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prunelimit", description=DESCRIPTION,
+    parser = _Parser(prog="prunelimit", description=DESCRIPTION,
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="command")
@@ -147,15 +157,33 @@ def _add_defaults(sub) -> None:
         value = defaults.get(section)
         return value.get(name) if name and isinstance(value, dict) else value
 
-    for parser in sub.choices.values():
+    for command, parser in sub.choices.items():
+        # finetune has no CONFIG: with RUN_DIR its settings come from the run's config.yaml
+        source = "RUN_DIR's config.yaml" if command == "finetune" else "the CONFIG's value"
         for action in parser._actions:
+            if action.dest == "no_progress" or action.help is argparse.SUPPRESS:
+                continue   # its help says its default itself: it depends on the terminal, not on a value
             key = commands.FLAG_KEYS.get(action.dest) or commands.SWITCH_KEYS.get(action.dest, (None,))[0] or \
                 commands.PARSED_KEYS.get(action.dest, (None,))[0]
-            if key is None or action.help is argparse.SUPPRESS:
+            if key is None:
                 continue
-            value = builtin(key)
-            shown = "runs/<config name>" if key == "out" else ("none" if value is None else value)
-            action.help = f"{action.help or ''} [config key {key}; default: the CONFIG's value, else {shown}]".strip()
+            action.help = f"{action.help or ''} [config key {key}; default: {source}, else " \
+                          f"{_shown_default(command, key, builtin(key))}]".strip()
+
+
+def _shown_default(command: str, key: str, value) -> str:
+    """What an unset key means for ``command``, in words where the built-in value would mislead."""
+    if key == "out" and command == "finetune":
+        return "runs/finetune-<model> (with RUN_DIR: RUN_DIR itself, and --out is refused)"
+    if key == "out":
+        return "runs/<config name>"
+    if key == "model.num_classes":
+        return "the dataset's"
+    if key == "data.dataset" and command == "prune":
+        return "none: nothing is evaluated"   # prune without CONFIG or --dataset only prunes
+    if key == "data.dataset" and command == "finetune":
+        return f"{value} (a RUN_DIR pruned without a dataset needs --dataset)"
+    return "none" if value is None else str(value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     late = [u for u in unknown if "=" in u and not u.startswith("-")]
     rest = [u for u in unknown if u not in late]
     if rest or (late and not hasattr(args, "overrides")):
-        parser.error(f"unrecognized arguments: {' '.join(rest or late)}")
+        prog = f"prunelimit {args.command}" if args.command else "prunelimit"
+        print(f"error: unrecognized arguments: {' '.join(rest or late)}; see `{prog} -h`", file=sys.stderr)
+        return 2
     if late:
         args.overrides = list(args.overrides or []) + late
     if args.command is None:

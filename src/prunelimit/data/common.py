@@ -90,6 +90,17 @@ def run_download(dataset: str, target: Path, fetch: Callable[[], None]) -> None:
             failure = e
     dist.barrier()
     if failure is not None:
-        info = dataset_info(dataset)
-        raise PrunelimitError(f"{dataset}: downloading into {target} failed ({type(failure).__name__}: {failure}). "
-                         f"Without network access place the files yourself: {info.how_to_get}") from failure
+        # download is already on: its "set download: true" advice would only send the user in a circle
+        raise PrunelimitError(f"{dataset}: download is on, but downloading into {target} failed "
+                              f"({type(failure).__name__}: {failure}). Check the network connection and that "
+                              f"{target} can be created and written (data.data_path, --data-path), or place the "
+                              f"files yourself: {manual_steps(dataset)}") from failure
+
+
+def manual_steps(dataset: str) -> str:
+    """The dataset's how-to-get text without its "Set download: true ..., or" opening: the manual way alone."""
+    how = dataset_info(dataset).how_to_get
+    if how.lower().startswith("set download") and ", or " in how:
+        rest = how.split(", or ", 1)[1]
+        return rest[:1].upper() + rest[1:]
+    return how

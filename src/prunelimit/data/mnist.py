@@ -61,8 +61,8 @@ def _download(root: Path) -> None:
 @register_dataset(DatasetInfo(
     "mnist", 10, (1, 28, 28), (0.1307,), (0.3081,),
     "MNIST handwritten digits, 60 000 train / 10 000 test, 28x28 grey.",
-    "Set download: true (command line: --download) to fetch it into <data_path>/MNIST/raw, or place train-images-idx3-ubyte, "
-    "train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (plain or .gz) there."))
+    "Set download: true (command line: --download), or place train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+    "t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (plain or .gz) in <data_path>/MNIST/raw."))
 def _mnist(root: Path, train: bool, *, download: bool, augment: bool) -> ImageTensorDataset:
     return mnist_dataset(root, train, download)
 

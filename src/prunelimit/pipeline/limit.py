@@ -137,7 +137,8 @@ def compute_spectrum(ctx: Context, op, files: tuple[str, str, str, str], what: s
     state_dir = out / state_name   # resumable Lanczos (bug 17): removed once the json is written
     ckpt = LanczosCheckpoint(state_dir, s.checkpoint_every, restart_on_mismatch=True) if s.checkpoint_every else None
     if ckpt is not None and state_dir.exists():
-        say(f"{what}: resuming the Lanczos state saved in {state_dir} (a different run's state is discarded)")
+        say(f"{what}: found saved Lanczos state in {state_dir}: resuming from it if it was saved by this run's "
+            f"settings, else starting the spectrum afresh")
     nodes, weights = slq_spectrum(op, steps, s.lanczos_num, seed=seed, show_progress=cfg.show_progress,
                                   checkpoint=ckpt.child("slq") if ckpt else None,
                                   reorthogonalize=s.reorthogonalize, basis_device=basis)

@@ -172,6 +172,12 @@ def report_markdown(s: RunSummary | Mapping) -> str:
 def report_from_dir(run_dir: str | Path) -> RunSummary:
     """The run's ``summary.json`` as a ``RunSummary`` (also one written by an older version)."""
     path = Path(run_dir) / paths.SUMMARY
+    if not Path(run_dir).exists():
+        raise PrunelimitError(f"run directory {str(run_dir)!r} does not exist; give the --out directory of a "
+                              f"finished `prunelimit run` (runs/<config name> by default)")
+    if not Path(run_dir).is_dir():
+        raise PrunelimitError(f"{str(run_dir)!r} is a file, not a run directory; give the folder that holds "
+                              f"its summary.json")
     if not path.exists():
         raise PrunelimitError(f"{str(run_dir)!r} has no summary.json: it is not a finished prunelimit run directory "
                          f"(run `prunelimit run ...` first, or give the --out directory of one)")
