@@ -61,14 +61,24 @@ def test_sigterm_stops_like_ctrl_c_with_the_resume_message(monkeypatch, capsys):
     assert signal.getsignal(signal.SIGTERM) is before
 
 
-def test_a_closed_pipe_exits_quietly():
+def test_a_closed_pipe_exits_quietly_0_for_printing_commands_141_for_work_cut_short(monkeypatch, capsys):
     env = {**os.environ, "PYTHONPATH": SRC}
     proc = subprocess.Popen([sys.executable, "-m", "prunelimit", "ls"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env)
     proc.stdout.close()  # like `| head` that has read enough
     err = proc.stderr.read().decode()
-    assert proc.wait(timeout=60) == 141
+    assert proc.wait(timeout=60) == 0   # `ls`/`report | head`: the reader got what it wanted
     assert err == ""
+
+    def pipe_closes_mid_run(args, argv):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(commands, "dispatch", pipe_closes_mid_run)
+    monkeypatch.setattr("prunelimit.cli.main._silence_stdout", lambda: None)
+    assert main(["run"]) == 141          # `run | head`: the run stopped before its end, and says so
+    assert "stopped before it finished; run the same command again to resume" in capsys.readouterr().err
+    assert main(["report", "somewhere"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_a_collapsed_layer_is_named_in_one_warning_line(tmp_path, capsys):
@@ -94,3 +104,29 @@ def test_warnings_from_other_libraries_keep_their_file_and_category(monkeypatch,
         assert main(["ls"]) == 0
     assert [w.filename for w in caught] == [__file__]
     assert "warning: a third-party notice" not in capsys.readouterr().err
+
+
+def test_refusals_a_new_user_met_are_one_line_that_says_what_to_do(tmp_path, capsys):
+    from helpers import one_error
+
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert main(["validate", str(empty)]) == 2             # its own error alone, no "1 of 1 failed" line
+    assert "is empty" in one_error(capsys)
+    assert main(["validate", "--quiet", "default", str(empty)]) == 2
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0] == "OK default" and lines[1].startswith(f"FAILED {empty}: ") and "is empty" in lines[1]
+    assert captured.err == "error: 1 of 2 config(s) failed validation\n"
+    with pytest.raises(SystemExit) as stop:                 # argparse's own refusals: no usage block
+        main(["prune", "--sparsity", "x"])
+    assert stop.value.code == 2 and "invalid float value: 'x'; see `prunelimit prune -h`" in one_error(capsys)
+    assert main(["run", "--bogus"]) == 2
+    assert one_error(capsys) == "error: unrecognized arguments: --bogus; see `prunelimit run -h`"
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in one_error(capsys)
+    assert main(["report", str(tmp_path)]) == 2             # exists, but is no finished run
+    assert "has no summary.json" in one_error(capsys)
+    for argv in (["run", "train.lr"], ["run", "default", "train.lr"]):
+        assert main(argv) == 2
+        assert "write train.lr=VALUE" in one_error(capsys)

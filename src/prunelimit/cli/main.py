@@ -145,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that only print: a reader that stops early (`| head`) has what it wanted, so they exit 0 however
+# much of their text fitted into the pipe. Every other command does work that a closed stdout cuts short.
+PRINT_ONLY = {"report", "ls", "validate", "coverage"}
+
+
 def _add_defaults(sub) -> None:
     """Append to each flag that sets a config key that key and its built-in default: a flag overrides the
     CONFIG's value, and the built-in default is what an unset key gets."""
@@ -218,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # `prunelimit report DIR | head`: the reader has gone; stop quietly
         _silence_stdout()
+        if args.command in PRINT_ONLY:   # it had only text to give, and the reader has what it wanted
+            return 0
+        # a run (or prune/finetune) stopped before its end: the exit code says so, as SIGPIPE would
+        print("stdout was closed, so the command stopped before it finished; run the same command again "
+              "to resume", file=sys.stderr)
         return 141
     except Exception:  # anything else is a bug in prunelimit: keep the traceback
         traceback.print_exc()
