@@ -129,7 +129,7 @@ def test_finetune_resume_and_evaluate(tmp_path, capsys):
     (["prune", "--model", "fc_small", "--dataset", "mnist", "--data-path", "/nonexistent"], "/nonexistent"),
     (["prune"], "--model"),
     (["finetune", "/nonexistent/run"], "does not exist"),
-    (["report", "/nonexistent/run"], "summary.json"),
+    (["report", "/nonexistent/run"], "does not exist"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, capsys, args, needle):
     assert run_cli(*args, *(["--out", tmp_path / "o"] if args[0] == "prune" else [])) == 2

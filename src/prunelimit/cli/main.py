@@ -22,7 +22,7 @@ DESCRIPTION = ("Prune PyTorch networks by global magnitude (GP, GP+MT) with mask
                "`prunelimit COMMAND -h` lists a command's flags and their defaults.")
 
 EPILOG = """examples:
-  prunelimit run                                   # the embedded default on sklearn's digits (~1 min on CPU)
+  prunelimit run                                   # the embedded default on sklearn's digits (20-40 s, 2 CPU cores)
   prunelimit run FC_CIFAR10_l1 data.data_path=~/data  # a shipped config with an override
   prunelimit prune --model resnet50 --checkpoint dense.pth --sparsity 0.9 --min-threshold 0.05 --out runs/r50
   prunelimit finetune runs/r50 --dataset imagenet --data-path /data/imagenet --epochs 100
