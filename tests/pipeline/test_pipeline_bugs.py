@@ -55,7 +55,7 @@ def test_2_adaptive_search_with_the_loss_rule_uses_the_given_epsilon(tmp_path, c
 def test_4_one_minibatch_with_the_loss_std_epsilon_is_refused_by_validate(tmp_path, capsys):
     bad = write_yaml(tmp_path, {"data": {"dataset": "digits", "use_full_data": False}})
     assert cli("validate", bad) == 2
-    assert "use_full_data" in capsys.readouterr().out
+    assert "use_full_data" in capsys.readouterr().err   # one config: its error is the one stderr line
     good = write_yaml(tmp_path, {"data": {"dataset": "digits", "use_full_data": False}, "limit": {"epsilon": 0.01}},
                       "good.yaml")
     assert cli("validate", good, "--quiet") == 0
