@@ -52,13 +52,17 @@ class Stubs:
                              ("prunelimit.spectrum.plots", "plot_density")):
             monkeypatch.setattr(f"{module}.{name}", lambda path, *a, **k: self.plots.append(Path(path).name))
 
-    def train(self, model, train_loader, test_loader, cfg, *, masks=None, **kw):
+    def train(self, model, train_loader, test_loader, cfg, *, masks=None, run_dir=None, **kw):
         self.trained += 1
-        if masks:
+        if masks:   # fine-tuning moves the kept weights (so tests can tell its weights from the pruned ones)
             with torch.no_grad():
                 for name, p in model.named_parameters():
+                    p.add_(0.25)
                     if name in masks:
                         p.mul_(masks[name].to(p.dtype))
+            if run_dir is not None:   # the real loop's last checkpoint holds the final weights
+                torch.save({"model": {k: v.detach().clone() for k, v in model.state_dict().items()}},
+                           Path(run_dir) / "checkpoint_last.pth.tar")
         return TrainResult(best_top1=80.0, final={"test_top1": 79.5})
 
     def evaluator(self, cfg, loader, device, num_classes, **kw):
@@ -244,13 +248,36 @@ def test_prune_and_finetune_run_once_and_reload_equal(tmp_path, monkeypatch):
     for method, r in first.items():
         assert isinstance(r, PruneResult) and abs(r.pruned_weights - 0.5 * r.prunable_weights) <= 1
         assert r.finetune == FinetuneResult(best_top1=80.0, final_top1=79.5, epochs=1, pruned_weights_nonzero=0,
-                                            dir=str(tmp_path / "run" / method))
+                                            dir=method)   # relative to the run
         assert r.size_and_compute.nonzeros < r.size_and_compute.params
     assert first["gp_mt"].floor is not None and first["gp"].floor is None
     again = run_gp(context(tmp_path, "prune.min_threshold=5"), model, dense, data, 0.5)
     assert stubs.trained == 3 and again == first
     with pytest.raises(PrunelimitError, match=r"stage 'gp_finetune' made with different settings \(finetune.lr"):
         run_gp(context(tmp_path, "prune.min_threshold=5", "finetune.lr=0.5"), model, dense, data, 0.5)
+
+
+def test_a_finished_finetune_leaves_the_model_holding_its_weights(tmp_path, monkeypatch):
+    """A later stage measuring the fine-tuned model measures the same weights whether the fine-tuning ran
+    in this command or was loaded (not the pruned weights it started from)."""
+    Stubs(monkeypatch)
+    data = tiny_data()
+    model, _ = dense_model(context(tmp_path), data)
+
+    def finetuned(ctx):
+        unit = gp_mod.PruneStage(ctx, model, data, "gp", 0.5, None)
+        ctx.runner.drive(unit)
+        out = ctx.run.sub("gp")
+        stage = finetune_stage(ctx.cfg, "gp", masks=out / gp_mod.MASK_FILE, weights=out / gp_mod.PRUNED_FILE,
+                               method_dir=out, run_path=ctx.run.path)
+        ctx.runner.drive(gp_mod.FinetuneStage(ctx, unit.model, unit.masks, data, out, stage, "GP", None))
+        return {k: v.clone() for k, v in unit.model.state_dict().items()}
+
+    computed = finetuned(context(tmp_path))
+    loaded = finetuned(context(tmp_path))
+    pruned = torch.load(tmp_path / "run" / "gp" / "prunedmodel.pth.tar")["state_dict"]
+    assert all(torch.equal(computed[k], loaded[k]) for k in computed)
+    assert not all(torch.equal(pruned[k], loaded[k]) for k in loaded)
 
 
 def test_the_finetune_refusal_names_the_command_that_ran_it(tmp_path):

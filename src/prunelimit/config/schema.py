@@ -122,6 +122,10 @@ class RunConfig:
         if limit_runs and st.sweep and lc.rule == "loss_increase" and not lc.sweep_train:
             raise PrunelimitError("limit.rule: loss_increase compares training losses, but limit.sweep_train: false "
                                   "skips them; set sweep_train: true or choose another rule")
+        if not st.train and not self.model.checkpoint:   # said by validate, before any work or file
+            raise PrunelimitError("stages.train is false (original mode: eval) but no dense weights were given: set "
+                                  "model.checkpoint (original key file_path) to the trained model, or stages.train: "
+                                  "true")
         if self.gp.sparsity_from == "predicted_limit" and self.pipeline == "gp":
             raise PrunelimitError("gp.sparsity_from: predicted_limit needs the limit pipeline's prediction, which "
                                   "pipeline: gp does not compute; use pipeline: default or sparsity_from: config")

@@ -84,6 +84,7 @@ def open_run(cfg: RunConfig, argv: list[str] | None = None, *, stages=(), strict
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
+    check_data_files(cfg)   # a config-only problem: refused before the run directory is created or locked
     run = RunDir(default_out(cfg))
     with run.lock():
         dist.barrier()
@@ -92,6 +93,16 @@ def open_run(cfg: RunConfig, argv: list[str] | None = None, *, stages=(), strict
         run.write_config(to_dict(cfg), strict_keys=strict_keys)
         run.write_environment(argv)
         yield Context(cfg=cfg, run=run, device=device, allow_pickle=allow_pickle, runner=runner, command=command)
+
+
+def check_data_files(cfg: RunConfig) -> None:
+    """Refuse a configured arrays file that does not exist (``data.dataset=mine.npz``) before anything is
+    written; reading it (and every other dataset) stays the data stage's."""
+    from prunelimit.data.arrays import HOW_TO
+
+    data = cfg.data
+    if data is not None and data.dataset == "arrays" and not Path(data.data_path).expanduser().is_file():
+        raise PrunelimitError(f"arrays: data_path {data.data_path!r} is not a file. {HOW_TO}")
 
 
 def setup(cfg: RunConfig, argv: list[str] | None = None, *, strict_keys: set[str] | None = None,

@@ -34,19 +34,19 @@ class DenseStage(StageUnit):
         if not result.weights:
             say("dense model: its weights were not kept (stages.save_model: false); training it again")
             return None
-        load_weights(self.model, result.weights,
-                     allow_pickle=self.ctx.allow_pickle and result.source == "checkpoint")
-        say(f"dense model: reusing {result.weights} (finished earlier)")
+        # trained weights are a file of this run (stored relative to it; an older absolute path is mapped
+        # into this directory, so a copied run never reads the original's); a checkpoint is the user's file
+        weights = result.weights if result.source == "checkpoint" else self.ctx.run.resolve(result.weights,
+                                                                                              "dense weights")
+        load_weights(self.model, weights, allow_pickle=self.ctx.allow_pickle and result.source == "checkpoint")
+        say(f"dense model: reusing {weights} (finished earlier)")
         self.model.to(self.ctx.device)
         return result
 
     def unmarked(self):
         cfg = self.ctx.cfg
         if cfg.model.checkpoint or (self.data is not None and self.train_if_needed):
-            if not cfg.model.checkpoint and not cfg.stages.train:   # refused before any marker is written
-                raise PrunelimitError("stages.train is false (original mode: eval) but no dense weights were "
-                                      "given: set model.checkpoint (original key file_path) to the trained model")
-            return None
+            return None   # stages.train: false without model.checkpoint is refused by RunConfig validation
         say(f"dense model: {cfg.model.name} with random initial weights (no --checkpoint given)")
         self.model.to(self.ctx.device)
         return DenseResult(source="random_init", weights=None)
@@ -95,7 +95,7 @@ class DenseStage(StageUnit):
         final = result.final or {}
         acc = final.get("test_top1", final.get("top1"))
         say(f"dense model trained: test top-1 {acc:.2f} %" if acc is not None else "dense model trained")
-        return DenseResult(source="trained", weights=str(weights) if cfg.stages.save_model else None,
+        return DenseResult(source="trained", weights=ctx.run.relative(weights) if cfg.stages.save_model else None,
                            epochs=t.epochs, test_top1=acc, best_top1=result.best_top1, l1_lambda=t.l1_lambda)
 
 

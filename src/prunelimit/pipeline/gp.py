@@ -115,7 +115,7 @@ class PruneStage(StageUnit):
                            sparsity_achieved=pruned / n if n else 0.0, pre_acc=pre_acc, post_prune_acc=post,
                            gp_post_prune_acc=gp_post, groups=_group_sparsity(stats.layers),
                            clamped_layers=tuple(plan.clamped_layers) if plan is not None else (),
-                           floor=plan.floor if plan is not None else None, dir=str(out))
+                           floor=plan.floor if plan is not None else None, dir=ctx.run.relative(out))
 
 
 class FinetuneStage(StageUnit):
@@ -132,8 +132,21 @@ class FinetuneStage(StageUnit):
         return self._stage
 
     def load(self, record):
+        """The finished fine-tuning's result, with ``self.model`` holding the weights it ended with (the
+        last epoch's, as ``run`` leaves them; later stages measure these), or None when its last
+        checkpoint is gone (then it is fine-tuned again)."""
+        from prunelimit.pruning import apply_masks
+        from prunelimit.runs.checkpoint import load_checkpoint_file
+
+        last = self.out / paths.CHECKPOINT_LAST
+        if not last.is_file():
+            say(f"{self.title}: {last} is gone; fine-tuning again")
+            return None
         result = FinetuneResult.from_json(record)
-        say(f"{self.title}: fine-tuning finished earlier (best top-1 {result.best_top1:.2f} %)")
+        self.model.load_state_dict(load_checkpoint_file(last, map_location=self.ctx.device)["model"])
+        apply_masks(self.model, self.masks)   # exact zeros, as fine-tuning kept them
+        say(f"{self.title}: fine-tuning finished earlier (best top-1 {result.best_top1:.2f} %); its final "
+            f"weights loaded from {last}")
         return result
 
     def run(self):
@@ -156,7 +169,7 @@ class FinetuneStage(StageUnit):
         final = result.final or {}
         say(f"{self.title}: fine-tuned, best test top-1 {result.best_top1:.2f} %")
         return FinetuneResult(best_top1=result.best_top1, final_top1=final.get("test_top1", final.get("top1")),
-                              epochs=f.epochs, pruned_weights_nonzero=0, dir=str(out))
+                              epochs=f.epochs, pruned_weights_nonzero=0, dir=ctx.run.relative(out))
 
 
 def run_gp(ctx: Context, dense: nn.Module, dense_result: DenseResult, data: Data | None,

@@ -46,7 +46,7 @@ class SweepStage(StageUnit):
     def load(self, record):
         from prunelimit.limit.sweep import has_loss_columns
 
-        result = SweepResult.from_csv(self.csv_path)
+        result = SweepResult.from_csv(self.csv_path, name=self.ctx.run.relative(self.csv_path))
         if has_loss_columns(list(result.rows)):
             say(f"sweep: finished earlier ({self.csv_path})")
             return result
@@ -83,7 +83,7 @@ class SweepStage(StageUnit):
                 + (f" (resuming from {csv_path})" if csv_path.exists() else ""))
             rows = run_sweep(self.model, ordering, grid, test_eval, train_eval,
                              show_progress=cfg.show_progress, csv_path=csv_path, resume=True)
-        return SweepResult(rows=tuple(rows), csv=str(csv_path))
+        return SweepResult(rows=tuple(rows), csv=ctx.run.relative(csv_path))   # relative: the run may move
 
 
 class SpectrumStage(StageUnit):

@@ -86,7 +86,8 @@ class JsonResult:
 @dataclass(frozen=True)
 class DenseResult(JsonResult):
     """The dense model's provenance: ``source`` "trained", "checkpoint", "random_init" or "given" (the
-    Python API's own model); ``weights`` the file it lives in (None when it was not kept)."""
+    Python API's own model); ``weights`` the file it lives in (None when it was not kept): relative to the
+    run directory when trained there, the given path for a checkpoint."""
 
     OMIT_NONE = frozenset({"epochs", "test_top1", "test_top5", "test_loss", "best_top1", "l1_lambda"})
     source: str = "trained"
@@ -117,10 +118,12 @@ class SweepResult(JsonResult):
         raise TypeError("SweepResult is read from its CSV (SweepResult.from_csv), not from the marker")
 
     @classmethod
-    def from_csv(cls, path) -> "SweepResult":
+    def from_csv(cls, path, name: str | None = None) -> "SweepResult":
+        """The rows of ``path``; ``name``: how the result names the file (default ``path``; a run's stages
+        store it relative to the run directory)."""
         from prunelimit.limit.sweep import read_sweep_csv
 
-        return cls(rows=tuple(read_sweep_csv(path)), csv=str(path))
+        return cls(rows=tuple(read_sweep_csv(path)), csv=str(path) if name is None else name)
 
 
 @dataclass(frozen=True)
@@ -275,7 +278,7 @@ class PruneResult(JsonResult):
 class RunSummary(JsonResult):
     """``summary.json``: what `prunelimit report` prints. Sections a pipeline does not run are None."""
 
-    OMIT_NONE = frozenset({"dense", "limit", "sparsity", "gp", "seconds", "stage_seconds"})
+    OMIT_NONE = frozenset({"dense", "limit", "sparsity", "gp", "seconds", "stage_seconds", "reused_stages"})
     NESTED = {"dense": DenseResult, "limit": LimitResult}
     NESTED_MAPS = {"gp": PruneResult}
     pipeline: str = ""
@@ -287,7 +290,8 @@ class RunSummary(JsonResult):
     sparsity: float | None = None
     gp: Mapping[str, PruneResult] | None = None
     seconds: float | None = None
-    stage_seconds: Mapping[str, float] | None = None
+    stage_seconds: Mapping[str, float] | None = None   # when each stage was computed (also a reused one's)
+    reused_stages: tuple[str, ...] | None = None       # stages this command loaded from an earlier one
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def with_finetune(self, method: str, finetune: FinetuneResult) -> "RunSummary":

@@ -43,10 +43,11 @@ def _run(ctx, start: float) -> RunSummary:
                 say(f"pruning with GP and GP+MT at the predicted limit: sparsity {sparsity}")
         with timed(ctx, "gp"):
             gp = run_gp(ctx, model, dense, data, sparsity)
+    # the time of the work: a stage reused from an earlier command counts with the seconds it took then
+    seconds, per_stage, reused = ctx.runner.work_seconds(time.time() - start, {"data": ctx.timings["data"]})
     summary = RunSummary(pipeline=cfg.pipeline, run_dir=str(ctx.run.path), model=cfg.model.name,
                          dataset=cfg.data.dataset, dense=dense, limit=limit, sparsity=sparsity, gp=gp,
-                         seconds=round(time.time() - start, 1),
-                         stage_seconds=dict(ctx.timings))   # this command's wall time per stage (finished: reload)
+                         seconds=seconds, stage_seconds=per_stage, reused_stages=reused or None)
     write_summary(ctx.run.path, summary)
     print_summary(summary)
     return summary

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
@@ -120,6 +121,10 @@ def config_slice(cfg: RunConfig, keys: tuple[str, ...], ignore: tuple[str, ...] 
 class StageRunner:
     def __init__(self, cfg: RunConfig, run):
         self.cfg, self.run_dir = cfg, run
+        # per stage this command drove: (seconds the stage took when it was computed, in this command or
+        # the earlier one its marker records (None: an older marker kept no time), reused, seconds spent
+        # here loading it); the summary reports the work's time, not the reload's
+        self.timings: dict[str, tuple[float | None, bool, float]] = {}
 
     def fingerprint(self, stage: Stage) -> dict:
         fp = config_slice(self.cfg, stage.keys, stage.ignore)
@@ -158,18 +163,38 @@ class StageRunner:
     def drive(self, unit: StageUnit):
         """The unit's typed result: loaded when it finished earlier with this fingerprint (refused when with
         another), else computed between a started and a done marker."""
+        began = time.perf_counter()
         stage = unit.stage()
         done = self.check(stage)
         loaded = unit.load(done) if done is not None else None
         if loaded is not None:
+            self.timings[stage.name] = (done.get("_seconds"), True, time.perf_counter() - began)
             return loaded
         untracked = unit.unmarked()
         if untracked is not None:
             return untracked
         self.start(stage)
         result = unit.run()
-        self.done(stage, unit.marker(result))
+        seconds = round(time.perf_counter() - began, 3)
+        self.done(stage, {**unit.marker(result), "_seconds": seconds})   # kept for the summary of a rerun
+        self.timings[stage.name] = (seconds, False, seconds)
         return result
+
+    def work_seconds(self, wall: float, before: Mapping[str, float] | None = None
+                     ) -> tuple[float, dict[str, float], tuple[str, ...]]:
+        """(the run's time, seconds per stage, the stages reused): ``wall`` (this command's) with each
+        reused stage's reload replaced by the seconds it took when it was computed; ``before``: times of
+        steps that are no stage (loading the data) to list first."""
+        per_stage = dict(before or {})
+        total, reused = wall, []
+        for name, (seconds, was_reused, spent) in self.timings.items():
+            if was_reused:
+                reused.append(name)
+                if seconds is None:   # an older marker: its time is unknown, only the reload counts
+                    continue
+                total += seconds - spent
+            per_stage[name] = round(seconds, 1)
+        return round(total, 1), per_stage, tuple(reused)
 
     def preflight(self, stages: list[Stage]) -> None:
         for stage in stages:

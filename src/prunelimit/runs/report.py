@@ -134,7 +134,10 @@ def summary_lines(s: RunSummary | Mapping) -> list[str]:
             if names:
                 lines.append(f"  {sub + '/' if sub else '.'}: {', '.join(names)}")
     if s.seconds is not None:
-        parts = ", ".join(f"{k} {v:.1f}" for k, v in (s.stage_seconds or {}).items())
+        reused = set(s.reused_stages or ())
+        seconds = dict(s.stage_seconds or {})
+        parts = ", ".join([f"{k} {v:.1f}" + (" (reused)" if k in reused else "") for k, v in seconds.items()]
+                          + [f"{k} reused" for k in s.reused_stages or () if k not in seconds])
         lines.append(f"Finished in {s.seconds} s" + (f" (seconds per stage: {parts})." if parts else "."))
     return lines
 

@@ -45,6 +45,33 @@ class RunDir:
             make_dirs(p)
         return p
 
+    # ---- paths kept in markers and results: relative, so a moved or copied run reads its own files ----
+    def relative(self, path: str | Path) -> str:
+        """``path`` (a file of this run) as markers and results store it: relative to the run directory."""
+        p = Path(path)
+        try:
+            return p.relative_to(self.path).as_posix()
+        except ValueError:
+            return p.absolute().relative_to(self.path.absolute()).as_posix()
+
+    def resolve(self, stored: str | Path, what: str = "file") -> Path:
+        """The file a marker or result names, in this run directory. Older versions stored absolute paths:
+        one that lies under a folder of this run's name (``/old/place/RUN/dense/...``) is read as the
+        same file here (the run was moved or copied), never as the original's; any other is refused."""
+        p = Path(stored)
+        if not p.is_absolute():
+            return self.path / p
+        here = self.path.absolute()
+        if p == here or here in p.parents:
+            return p
+        parts = p.parts
+        if self.path.name in parts[:-1]:
+            index = len(parts) - 1 - parts[:-1][::-1].index(self.path.name) - 1
+            return self.path.joinpath(*parts[index + 1:])
+        raise PrunelimitError(f"run directory {str(self.path)!r} names the {what} {str(p)!r}, which lies outside it "
+                              f"(the run was copied or moved under another name); rename the directory back to "
+                              f"its original name, or delete its stages/ folder to compute again")
+
     # ---- config and environment -------------------------------------------------------------
     def write_config(self, cfg_dict: dict[str, Any], *, strict_keys: set[str] | None = None) -> None:
         """Record the resolved config; refuse a directory holding results of a different one.
