@@ -152,8 +152,10 @@ def fundamental_limit(model: nn.Module, train: Any, test: Any, *, out: str | Pat
                     eval_batch_size=eval_batch_size,
                     train=TrainConfig(batch_size=bs, criterion=criterion, label_smoothing=label_smoothing,
                                       l1_lambda=l1_lambda, l1_params=l1_params),
-                    stages=StagesConfig(train=False), spectrum=spectrum_cfg, limit=limit_cfg,
+                    stages=StagesConfig(), spectrum=spectrum_cfg, limit=limit_cfg,
                     prune=replace(PruneConfig(), include=include, exclude=exclude))
+    # stages.train stays at its default: the model is given (no dense stage runs), and RunConfig refuses
+    # stages.train false without a model.checkpoint
     start = time.time()
     run = RunDir(Path(out))
     device = dist.init_from_env(cfg.device)
