@@ -17,6 +17,8 @@ refused command leaves the run directory as it was.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import os
 import time
@@ -118,6 +120,20 @@ def config_slice(cfg: RunConfig, keys: tuple[str, ...], ignore: tuple[str, ...] 
     return out
 
 
+def default_slice(cfg: RunConfig, keys: tuple[str, ...]) -> dict:
+    """``config_slice``'s shape with every value at its schema default: a marker written before a key
+    existed (``spectrum.matrix``) ran as that default, so it still resumes when the key is left at it."""
+    defaults = {}
+    for key in keys:
+        section, _, name = key.partition(".")
+        current = getattr(cfg, section, None)
+        if not dataclasses.is_dataclass(current):
+            continue
+        values = to_dict(type(current)())
+        defaults[key] = values.get(name) if name else values
+    return defaults
+
+
 class StageRunner:
     def __init__(self, cfg: RunConfig, run):
         self.cfg, self.run_dir = cfg, run
@@ -138,9 +154,10 @@ class StageRunner:
     def check(self, stage: Stage) -> dict | None:
         """The finished record, or None; refuses a finished or started stage made with another fingerprint."""
         fp = self.fingerprint(stage)
-        done = self.run_dir.stage_result(stage.name, fp, redo_hint=stage.redo_hint)
+        defaults = default_slice(self.cfg, stage.keys)
+        done = self.run_dir.stage_result(stage.name, fp, redo_hint=stage.redo_hint, defaults=defaults)
         if done is None:
-            self.run_dir.check_started(stage.name, fp, redo_hint=stage.redo_hint)
+            self.run_dir.check_started(stage.name, fp, redo_hint=stage.redo_hint, defaults=defaults)
         return done
 
     def start(self, stage: Stage) -> None:

@@ -131,33 +131,39 @@ class RunDir:
             self._marker(stage).unlink(missing_ok=True)
             self._started(stage).unlink(missing_ok=True)
 
-    def stage_result(self, stage: str, fingerprint: dict | None = None, *, redo_hint: str = "") -> dict | None:
+    def stage_result(self, stage: str, fingerprint: dict | None = None, *, redo_hint: str = "",
+                     defaults: dict | None = None) -> dict | None:
         """The finished stage's record, or None if it has not finished.
 
         ``fingerprint``: what the stage's results depend on (config slice, input checksums, world size). A
         finished stage made with a different one is refused (never silently reused): the message names
-        the keys that differ and how to redo it (``redo_hint``, default: another --out or delete it)."""
+        the keys that differ and how to redo it (``redo_hint``, default: another --out or delete it).
+        ``defaults``: the fingerprint's keys at their schema defaults; a key an older marker lacks (added by
+        a newer version) matches when its value now is that default, which is how the older version ran."""
         m = self._marker(stage)
         if not m.exists():
             return None
         record = read_json(m)
-        self._refuse_mismatch(stage, record.get("_fingerprint"), fingerprint, "already holds", m, redo_hint)
+        self._refuse_mismatch(stage, record.get("_fingerprint"), fingerprint, "already holds", m, redo_hint,
+                              defaults)
         return record
 
-    def check_started(self, stage: str, fingerprint: dict, *, redo_hint: str = "") -> None:
+    def check_started(self, stage: str, fingerprint: dict, *, redo_hint: str = "",
+                      defaults: dict | None = None) -> None:
         """Refuse to resume a stage that an earlier command started with another fingerprint: its partial
         files (a training checkpoint, a half-written sweep) would continue with different numbers."""
         m = self._started(stage)
         if m.exists():
             self._refuse_mismatch(stage, read_json(m).get("_fingerprint"), fingerprint, "holds a partly run",
-                                  m, redo_hint)
+                                  m, redo_hint, defaults)
 
-    def _refuse_mismatch(self, stage, old, new, holds: str, marker: Path, redo_hint: str) -> None:
+    def _refuse_mismatch(self, stage, old, new, holds: str, marker: Path, redo_hint: str,
+                         defaults: dict | None = None) -> None:
         if new is None or old is None:
             return
         # only what the stage depends on now: a key a newer version dropped from its fingerprint (a
         # speed-only setting) does not block a run directory an older version made
-        diffs = _flat_diff(_project(old, new), new)
+        diffs = _flat_diff(_project(old, new), new, defaults=defaults or {})
         if not diffs:
             return
         how = redo_hint or (f"Use another --out for the new config, or delete {str(marker)!r} (and that "
@@ -208,13 +214,16 @@ class RunDir:
             os.close(fd)  # closing releases the lock
 
 
-def _flat_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+def _flat_diff(old: Any, new: Any, prefix: str = "", defaults: Any = None) -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
+        defaults = defaults if isinstance(defaults, dict) else {}
         for k in sorted(set(old) | set(new)):
             if k in (_VOLATILE if not prefix else _SECTION_VOLATILE):
                 continue
-            out += _flat_diff(old.get(k), new.get(k), f"{prefix}{k}.")
+            if k not in old and k in defaults and new.get(k) == defaults[k]:
+                continue   # a key newer than the marker, at the default the older version ran with
+            out += _flat_diff(old.get(k), new.get(k), f"{prefix}{k}.", defaults.get(k))
         return out
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
 

@@ -1,0 +1,44 @@
+"""A stage marker written before a config key existed still resumes while that key stays at its default
+(the older version ran as the default), and is refused once the key is set to something else."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from prunelimit.config import load_config
+from prunelimit.errors import PrunelimitError
+from prunelimit.pipeline.stages import StageRunner, spectrum_stage
+from prunelimit.runs.rundir import RunDir
+
+
+def _older_marker(run: RunDir, runner: StageRunner, stage, dropped: str) -> None:
+    """Mark ``stage`` done with a fingerprint lacking ``spectrum.<dropped>``, as an older version wrote it."""
+    fp = runner.fingerprint(stage)
+    section = fp["spectrum"]
+    assert dropped in section            # the key exists now ...
+    del section[dropped]                 # ... but not when the marker was written
+    run.mark_done(stage.name, {"dim": 3}, fp)
+
+
+def test_marker_without_a_newer_key_resumes_at_its_default_and_is_refused_otherwise(tmp_path):
+    cfg = load_config("default")
+    run = RunDir(tmp_path / "run")
+    runner = StageRunner(cfg, run)
+    _older_marker(run, runner, spectrum_stage(cfg), "matrix")
+    assert cfg.spectrum.matrix == "hessian"
+    assert runner.check(spectrum_stage(cfg))["dim"] == 3          # default: the older run's matrix
+
+    gn = dataclasses.replace(cfg, spectrum=dataclasses.replace(cfg.spectrum, matrix="gauss_newton"))
+    with pytest.raises(PrunelimitError, match=r"spectrum\.matrix: None -> 'gauss_newton'"):
+        StageRunner(gn, run).check(spectrum_stage(gn))
+
+
+def test_a_changed_existing_key_is_still_refused(tmp_path):
+    cfg = load_config("default")
+    run = RunDir(tmp_path / "run")
+    runner = StageRunner(cfg, run)
+    _older_marker(run, runner, spectrum_stage(cfg), "matrix")
+    other = dataclasses.replace(cfg, spectrum=dataclasses.replace(cfg.spectrum, lanczos_iter=cfg.spectrum.lanczos_iter + 1))
+    with pytest.raises(PrunelimitError, match="spectrum.lanczos_iter"):
+        StageRunner(other, run).check(spectrum_stage(other))
