@@ -42,3 +42,20 @@ def test_a_changed_existing_key_is_still_refused(tmp_path):
     other = dataclasses.replace(cfg, spectrum=dataclasses.replace(cfg.spectrum, lanczos_iter=cfg.spectrum.lanczos_iter + 1))
     with pytest.raises(PrunelimitError, match="spectrum.lanczos_iter"):
         StageRunner(other, run).check(spectrum_stage(other))
+
+
+def test_a_later_partial_command_keeps_the_sections_it_did_not_run():
+    """`prunelimit spectrum` on a directory `prunelimit run` made: summary.json keeps the limit and GP."""
+    from prunelimit.pipeline.results import RunSummary
+
+    full = RunSummary.from_json({"pipeline": "default", "model": "fc_small", "dataset": "digits", "sparsity": 0.9,
+                                 "dense": {"source": "trained", "test_top1": 97.0},
+                                 "extra": {"note": "earlier"}})
+    partial = RunSummary(pipeline="limit", model="fc_small", dataset="digits", seconds=1.0,
+                         extra={"note": "now"})
+    merged = partial.keeping(full)
+    assert merged.dense == full.dense and merged.sparsity == 0.9     # kept from the earlier summary
+    assert merged.seconds == 1.0 and merged.extra["note"] == "now"   # this command's own values win
+    assert merged.pipeline == "default"
+    assert partial.keeping(None) is partial
+    assert RunSummary.from_json(merged.to_json()) == merged

@@ -294,6 +294,20 @@ class RunSummary(JsonResult):
     reused_stages: tuple[str, ...] | None = None       # stages this command loaded from an earlier one
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    def keeping(self, earlier: "RunSummary | None") -> "RunSummary":
+        """This summary with the sections it did not run taken from ``earlier`` (the same run directory's
+        previous summary): `prunelimit spectrum` on a directory `prunelimit run` made keeps the limit and
+        the GP results in summary.json instead of dropping them. The stage markers guarantee that the
+        kept sections were made with settings this command would have been refused under otherwise."""
+        if earlier is None:
+            return self
+        kept = {name: getattr(earlier, name) for name in ("dense", "limit", "sparsity", "gp")
+                if getattr(self, name) is None and getattr(earlier, name) is not None}
+        if not kept and not earlier.extra:
+            return self
+        return dataclasses.replace(self, **kept, extra={**earlier.extra, **self.extra},
+                                   pipeline=earlier.pipeline if kept else self.pipeline)
+
     def with_finetune(self, method: str, finetune: FinetuneResult) -> "RunSummary":
         """This summary with ``method``'s fine-tuning recorded (``prunelimit finetune RUN``)."""
         gp = dict(self.gp or {})

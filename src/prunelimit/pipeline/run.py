@@ -48,6 +48,18 @@ def _run(ctx, start: float) -> RunSummary:
     summary = RunSummary(pipeline=cfg.pipeline, run_dir=str(ctx.run.path), model=cfg.model.name,
                          dataset=cfg.data.dataset, dense=dense, limit=limit, sparsity=sparsity, gp=gp,
                          seconds=seconds, stage_seconds=per_stage, reused_stages=reused or None)
+    summary = summary.keeping(_earlier_summary(ctx.run.path))
     write_summary(ctx.run.path, summary)
     print_summary(summary)
     return summary
+
+
+def _earlier_summary(run_dir) -> RunSummary | None:
+    """The directory's previous summary.json, or None (none yet, or unreadable: then it is rewritten)."""
+    from prunelimit.errors import PrunelimitError
+    from prunelimit.runs.report import report_from_dir
+
+    try:
+        return report_from_dir(run_dir)
+    except PrunelimitError:
+        return None
