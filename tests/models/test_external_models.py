@@ -1,6 +1,5 @@
 """Any importable model from the CLI and the API: torchvision:NAME, timm:NAME, module:factory, coverage."""
 import pytest
-import torch
 
 from prunelimit import create_model
 from prunelimit.cli.main import main

@@ -2,18 +2,15 @@
 size; a refused command writes nothing; one command per run directory (bugs 3, 6, 7, 16 of issue 7)."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
-from prunelimit import global_magnitude_masks, load_masks, save_masks
+from prunelimit import load_masks, save_masks
 from prunelimit.config import load_config
 from prunelimit.errors import PrunelimitError
 from prunelimit.pipeline.stages import Stage, StageRunner, file_digest

@@ -11,7 +11,6 @@ from prunelimit.pipeline.common import (Context, Data, build_model, eval_loader,
 from prunelimit.pipeline.results import DenseResult
 from prunelimit.pipeline.stages import StageUnit, dense_stage
 from prunelimit.runs.io import atomic_torch_save
-from prunelimit.errors import PrunelimitError
 
 DENSE_FILE = paths.MODEL_FINAL
 
