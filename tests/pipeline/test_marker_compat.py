@@ -59,3 +59,39 @@ def test_a_later_partial_command_keeps_the_sections_it_did_not_run():
     assert merged.pipeline == "default"
     assert partial.keeping(None) is partial
     assert RunSummary.from_json(merged.to_json()) == merged
+
+
+def _open_and(cfg, action):
+    from prunelimit.pipeline.common import open_run
+
+    with open_run(cfg, ["test"]) as ctx:
+        action(ctx)
+
+
+def test_a_command_failing_before_any_stage_leaves_the_recorded_config_as_it_was(tmp_path):
+    """`finetune RUN --data-path /wrong` failed while loading data and still rewrote config.yaml, so every
+    later plain `finetune RUN` inherited /wrong: a command that started no stage now puts it back."""
+    from prunelimit.pipeline.stages import Stage
+
+    base = dataclasses.replace(load_config("default"), out=str(tmp_path / "run"))
+    config = tmp_path / "run" / "config.yaml"
+    _open_and(base, lambda ctx: ctx.runner.start(Stage("dense", ("train",))))
+    before = config.read_bytes()
+
+    other = dataclasses.replace(base, eval_batch_size=7)   # a value the failing command would record
+
+    def fail_while_loading(ctx):
+        assert b"eval_batch_size: 7" in config.read_bytes()   # written when the run opened ...
+        raise PrunelimitError("data_path '/wrong' does not exist")
+
+    with pytest.raises(PrunelimitError):
+        _open_and(other, fail_while_loading)
+    assert config.read_bytes() == before                       # ... and put back when it failed
+
+    def fail_after_starting(ctx):
+        ctx.runner.start(Stage("dense", ("train",)))
+        raise PrunelimitError("failed during the stage")
+
+    with pytest.raises(PrunelimitError):
+        _open_and(other, fail_after_starting)
+    assert b"eval_batch_size: 7" in config.read_bytes()      # work began under it: the record stays

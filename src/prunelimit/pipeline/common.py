@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from prunelimit import dist
 from prunelimit.config.build import to_dict
 from prunelimit.config.schema import RunConfig
+from prunelimit.runs import paths
 from prunelimit.runs.rundir import RunDir
 from prunelimit.errors import PrunelimitError
 
@@ -90,9 +91,39 @@ def open_run(cfg: RunConfig, argv: list[str] | None = None, *, stages=(), strict
         dist.barrier()
         runner = StageRunner(cfg, run)
         runner.preflight(list(stages))
+        earlier = _recorded_files(run)
         run.write_config(to_dict(cfg), strict_keys=strict_keys)
         run.write_environment(argv)
-        yield Context(cfg=cfg, run=run, device=device, allow_pickle=allow_pickle, runner=runner, command=command)
+        try:
+            yield Context(cfg=cfg, run=run, device=device, allow_pickle=allow_pickle, runner=runner,
+                          command=command)
+        except BaseException:
+            # a command that stops before any stage started (a wrong --data-path, Ctrl-C while loading)
+            # did no work under its settings: the record of the last command that did is put back, so
+            # the next `finetune RUN` does not inherit the failed command's values
+            if not runner.started_any:
+                _restore_recorded_files(run, earlier)
+            raise
+
+
+def _recorded_files(run: RunDir) -> dict[str, bytes]:
+    """The run directory's config.yaml and environment.json as they are before this command writes them."""
+    out = {}
+    for name in (paths.CONFIG, paths.ENVIRONMENT):
+        try:
+            out[name] = (run.path / name).read_bytes()
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def _restore_recorded_files(run: RunDir, earlier: dict[str, bytes]) -> None:
+    from prunelimit.runs.io import atomic_write_bytes
+
+    if not dist.is_main() or paths.CONFIG not in earlier:   # a new directory keeps what it was given
+        return
+    for name, data in earlier.items():
+        atomic_write_bytes(run.path / name, data)
 
 
 def check_data_files(cfg: RunConfig) -> None:

@@ -141,6 +141,7 @@ class StageRunner:
         # the earlier one its marker records (None: an older marker kept no time), reused, seconds spent
         # here loading it); the summary reports the work's time, not the reload's
         self.timings: dict[str, tuple[float | None, bool, float]] = {}
+        self.started_any = False
 
     def fingerprint(self, stage: Stage) -> dict:
         fp = config_slice(self.cfg, stage.keys, stage.ignore)
@@ -162,6 +163,7 @@ class StageRunner:
 
     def start(self, stage: Stage) -> None:
         """Record that the stage is under way and with what, so a later resume is checked against it."""
+        self.started_any = True   # this command now works under its settings (open_run keeps its config.yaml)
         self.run_dir.mark_started(stage.name, self.fingerprint(stage))
 
     def done(self, stage: Stage, record: dict) -> None:
