@@ -168,20 +168,7 @@ class GaussNewtonOperator(HessianOperator):
                 loss_sum += loss.double().cpu() * n
                 count += n
                 sizes.append(n)
-        stats = torch.tensor([float(count), loss_sum.item(), float(bad_batch >= 0)], dtype=torch.float64,
-                             device=self.device)
-        dist.all_reduce_sum(stats)
-        if stats[2].item() > 0:
-            where = f"batch {bad_batch}" if bad_batch >= 0 else "a batch on another rank"
-            raise PrunelimitError(f"the loss at the current weights is not finite ({where}); the model or data "
-                                  "contains inf/nan — check the checkpoint and the inputs before the Hessian")
-        if stats[0].item() == 0:
-            raise PrunelimitError("batches is empty; pass at least one (inputs, targets) batch")
-        plan = min(plan or 0, len(sizes))
-        self.local_count, self.num_samples = count, int(stats[0].item())
-        self.loss = stats[1].item() / self.num_samples
-        self.num_batches, self.cached_batches, self._cached_count = len(sizes), plan, sum(sizes[:plan])
-        self.cached = plan == len(sizes)
+        self._settle_batches(count, loss_sum, bad_batch, sizes, plan)
         self._graph = None   # HessianOperator's gradient graph: not built here
         self.cache_report = self._describe_cache()
         self._build_regularizer()
@@ -193,19 +180,6 @@ class GaussNewtonOperator(HessianOperator):
         return (f"Gauss-Newton: memory budget {self.budget}; forward graph of batch 0 = "
                 f"{format_bytes(self.graph_bytes_first or 0)}; caching {self.cached_batches} of {self.num_batches} "
                 f"batch(es), recomputing {self.num_batches - self.cached_batches} in every HVP")
-
-    def _build_regularizer(self) -> None:
-        """The regularizer's gradient graph: its exact Hessian is added to G (as HessianOperator adds it)."""
-        self._reg_graph = None
-        if self.regularizer is None:
-            return
-        reg = self.regularizer(self.model)
-        if not isinstance(reg, torch.Tensor) or reg.numel() != 1 or not torch.isfinite(reg).item():
-            raise PrunelimitError(f"regularizer(model) must return a finite scalar tensor; got {reg!r}")
-        self.loss += reg.item()
-        if reg.requires_grad:
-            self._reg_graph = torch.autograd.grad(reg.reshape(()), self.params, create_graph=True,
-                                                  allow_unused=True)
 
     # ------------------------------------------------------------------ products
     def _batch_product(self, record: _BatchCurvature, V: torch.Tensor, into: torch.Tensor, keep: bool) -> None:

@@ -275,6 +275,21 @@ class HessianOperator:
                 loss_sum += loss.detach().double().cpu() * n
                 count += n
                 sizes.append(n)
+        plan = self._settle_batches(count, loss_sum, bad_batch, sizes, plan)
+        self._graph = None
+        self.cache_report = self._describe_cache()   # one line: budget, cached/recomputed, probe batching
+        if plan:
+            # g = Σ_b (n_b / N) ∇loss_b over the cached batches: one graph whose backward is their share
+            # of the full-data HVP (this rank's); the other batches are recomputed per HVP.
+            self._graph = tuple(None if g is None else g / self.num_samples for g in grads)
+        self._build_regularizer()
+        self._gradient = None
+
+    def _settle_batches(self, count: int, loss_sum: torch.Tensor, bad_batch: int, sizes: list[int],
+                        plan: int | None) -> int:
+        """After the pass over the data (this operator's and GaussNewtonOperator's): sum the sample count,
+        the loss and any non-finite batch over the ranks, refuse an empty or non-finite pass, and record
+        the counts. Returns the number of cached batches."""
         batches, plan = len(sizes), min(plan or 0, len(sizes))
         stats = torch.tensor([float(count), loss_sum.item(), float(bad_batch >= 0)], dtype=torch.float64,
                              device=self.device)
@@ -289,22 +304,20 @@ class HessianOperator:
         self.loss = stats[1].item() / self.num_samples
         self.num_batches, self.cached_batches, self._cached_count = batches, plan, sum(sizes[:plan])
         self.cached = plan == batches                 # every batch's graph is cached
-        self._graph = None
-        self.cache_report = self._describe_cache()   # one line: budget, cached/recomputed, probe batching
-        if plan:
-            # g = Σ_b (n_b / N) ∇loss_b over the cached batches: one graph whose backward is their share
-            # of the full-data HVP (this rank's); the other batches are recomputed per HVP.
-            self._graph = tuple(None if g is None else g / self.num_samples for g in grads)
+        return plan
+
+    def _build_regularizer(self) -> None:
+        """The regularizer's gradient graph (its exact Hessian joins every product) and its loss."""
         self._reg_graph = None
-        if self.regularizer is not None:
-            reg = self.regularizer(self.model)
-            if not isinstance(reg, torch.Tensor) or reg.numel() != 1 or not torch.isfinite(reg).item():
-                raise PrunelimitError(f"regularizer(model) must return a finite scalar tensor; got {reg!r}")
-            self.loss += reg.item()
-            if reg.requires_grad:
-                self._reg_graph = torch.autograd.grad(reg.reshape(()), self.params, create_graph=True,
-                                                      allow_unused=True)
-        self._gradient = None
+        if self.regularizer is None:
+            return
+        reg = self.regularizer(self.model)
+        if not isinstance(reg, torch.Tensor) or reg.numel() != 1 or not torch.isfinite(reg).item():
+            raise PrunelimitError(f"regularizer(model) must return a finite scalar tensor; got {reg!r}")
+        self.loss += reg.item()
+        if reg.requires_grad:
+            self._reg_graph = torch.autograd.grad(reg.reshape(()), self.params, create_graph=True,
+                                                  allow_unused=True)
 
     def _describe_cache(self) -> str:
         probes = (f"; several probes per HVP share each batch's forward + backward, their double backward "
