@@ -1,14 +1,12 @@
 """Hessian-row norms at magnitude quantiles ("important eigenvalues", SPEC B4)."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call
 
+import helpers
 from prunelimit.spectrum import HessianOperator, hessian_row_norms, plot_row_norms
 
 torch.set_num_threads(1)
@@ -40,19 +38,10 @@ def batches(seed: int = 1):
 
 
 def explicit_hessian(model, data):
-    names = [n for n, _ in model.named_parameters()]
-    params = dict(model.named_parameters())
-    shapes = [params[n].shape for n in names]
-    total = sum(len(y) for _, y in data)
-
-    def loss(flat):
-        subst = {n: c.view(s) for n, c, s in zip(names, flat.split([math.prod(s) for s in shapes]), shapes)}
-        return sum(nn.functional.cross_entropy(functional_call(model, subst, (x,)), y) * len(y)
-                   for x, y in data) / total
-
-    flat0 = torch.cat([params[n].detach().reshape(-1) for n in names])
-    offsets = dict(zip(names, np.cumsum([0] + [math.prod(s) for s in shapes])[:-1].tolist()))
-    return torch.autograd.functional.hessian(loss, flat0), offsets
+    """The explicit Hessian (helpers.explicit_hessian) and each parameter's offset in its flat vector."""
+    sizes = [p.numel() for _, p in model.named_parameters()]
+    offsets = dict(zip((n for n, _ in model.named_parameters()), np.cumsum([0] + sizes)[:-1].tolist()))
+    return helpers.explicit_hessian(model, data)[0], offsets
 
 
 def test_row_norms_match_the_explicit_hessian():

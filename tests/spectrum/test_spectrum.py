@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call
 
+import helpers
 from prunelimit.spectrum import (HessianOperator, MatrixOperator, SpectrumConfig, format_bytes,
                                  hessian_trace, lanczos_tridiagonal, memory_estimate, original_density,
                                  plot_density, slq_spectrum, spectral_density, top_eigenvalues)
@@ -31,26 +31,9 @@ def tiny_batches(sizes=(7, 3, 5), seed: int = 1):
 
 
 def explicit_hessian(model, batches, loss_fn=nn.functional.cross_entropy, regularizer=None):
-    """d²L/dθ² over the Linear weights/biases, by torch.autograd.functional.hessian of a function of the
-    flat vector; L = Σ_b n_b loss_b / N (+ regularizer of the substituted parameters)."""
-    names = ["0.weight", "0.bias", "3.weight", "3.bias"]
-    params = dict(model.named_parameters())
-    shapes = [params[n].shape for n in names]
-    flat0 = torch.cat([params[n].detach().reshape(-1) for n in names])
-    total = sum(len(y) for _, y in batches)
-
-    def loss(flat):
-        chunks = flat.split([math.prod(s) for s in shapes])
-        subst = {n: c.view(s) for n, c, s in zip(names, chunks, shapes)}
-        value = sum(loss_fn(functional_call(model, subst, (x,)), y) * len(y) for x, y in batches) / total
-        if regularizer is not None:
-            value = value + regularizer(subst)
-        return value
-
-    model.eval()
-    H = torch.autograd.functional.hessian(loss, flat0)
-    g = torch.autograd.functional.jacobian(loss, flat0)
-    return H, g
+    """(d²L/dθ², dL/dθ) over the Linear weights/biases of the test MLP (helpers.explicit_hessian)."""
+    return helpers.explicit_hessian(model, batches, names=["0.weight", "0.bias", "3.weight", "3.bias"],
+                                    loss_fn=loss_fn, regularizer=regularizer)
 
 
 def random_symmetric(dim: int, eigenvalues=None, seed: int = 0):
@@ -149,20 +132,8 @@ class LeanNet(nn.Module):
 def explicit_hessian_of(model, batches, regularizer=None):
     """(d²L/dθ², dL/dθ) over hessian_parameters(model) (the operator's parameter order), as explicit_hessian."""
     from prunelimit.spectrum.operator import hessian_parameters
-    names = [n for n, _ in hessian_parameters(model)]
-    params = dict(model.named_parameters())
-    shapes = [params[n].shape for n in names]
-    total = sum(len(y) for _, y in batches)
-
-    def loss(flat):
-        subst = {n: c.view(s) for n, c, s in zip(names, flat.split([math.prod(s) for s in shapes]), shapes)}
-        value = sum(nn.functional.cross_entropy(functional_call(model, subst, (x,)), y) * len(y)
-                    for x, y in batches) / total
-        return value if regularizer is None else value + regularizer(subst)
-
-    model.eval()
-    flat0 = torch.cat([params[n].detach().reshape(-1) for n in names])
-    return torch.autograd.functional.hessian(loss, flat0), torch.autograd.functional.jacobian(loss, flat0)
+    return helpers.explicit_hessian(model, batches, names=[n for n, _ in hessian_parameters(model)],
+                                    regularizer=regularizer)
 
 
 class PlainGraphOperator(HessianOperator):

@@ -1,15 +1,12 @@
 """HessianOperator under torch.distributed: 2 CPU processes (gloo), each with half the batches."""
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
 from torch import nn
-from torch.func import functional_call
-from helpers import free_port as _free_port
+from helpers import explicit_hessian, free_port as _free_port
 
 pytestmark = [pytest.mark.distributed]  # ~10-15 s: two fresh interpreters import torch
 
@@ -23,28 +20,13 @@ def _setup():
     return net, data
 
 
-def _full_data_hessian(net, data):
-    """Explicit single-process Hessian of the size-weighted mean loss (no torch.distributed involved)."""
-    names = [n for n, _ in net.named_parameters()]
-    params = dict(net.named_parameters())
-    shapes = [params[n].shape for n in names]
-    total = sum(len(y) for _, y in data)
-
-    def loss(flat):
-        subst = {n: c.view(s) for n, c, s in zip(names, flat.split([math.prod(s) for s in shapes]), shapes)}
-        return sum(nn.functional.cross_entropy(functional_call(net, subst, (x,)), y) * len(y) for x, y in data) / total
-
-    flat0 = torch.cat([params[n].detach().reshape(-1) for n in names])
-    return torch.autograd.functional.hessian(loss, flat0), torch.autograd.functional.jacobian(loss, flat0)
-
-
 def _worker(rank: int, world: int, port: int):
     tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         from prunelimit.spectrum import HessianOperator, hessian_trace, top_eigenvalues
         torch.set_num_threads(1)
         net, data = _setup()
-        H, g = _full_data_hessian(net, data)
+        H, g = explicit_hessian(net, data)  # single process, no torch.distributed
         shard = data[rank::world]
         v = torch.randn(sum(p.numel() for p in net.parameters()), generator=torch.Generator().manual_seed(3),
                         dtype=torch.float64)
