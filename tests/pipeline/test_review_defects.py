@@ -231,11 +231,11 @@ def test_the_adding_a_stage_example_runs_as_written(tmp_path, monkeypatch):
     from pathlib import Path
 
     import torch
-    from test_stage_units import Stubs, context, tiny_data
-    from prunelimit.pipeline import gp as gp_mod, stages as stages_mod
+    from test_stage_units import Stubs, context, prune_and_finetune, tiny_data
+    from prunelimit.pipeline import stages as stages_mod
     from prunelimit.pipeline.dense import dense_model
     from prunelimit.pipeline.hessian import hessian_setup
-    from prunelimit.pipeline.stages import finetune_stage, planned_stages
+    from prunelimit.pipeline.stages import planned_stages
     from prunelimit.spectrum import hessian_trace
 
     doc = (Path(__file__).parents[2] / "docs" / "ARCHITECTURE.md").read_text()
@@ -249,12 +249,7 @@ def test_the_adding_a_stage_example_runs_as_written(tmp_path, monkeypatch):
     data = tiny_data()
     ctx = context(tmp_path, "spectrum.trace_samples=3")
     model, _ = dense_model(ctx, data)
-    unit = gp_mod.PruneStage(ctx, model, data, "gp", 0.5, None)
-    ctx.runner.drive(unit)
-    out = ctx.run.sub("gp")
-    stage = finetune_stage(ctx.cfg, "gp", masks=out / gp_mod.MASK_FILE, weights=out / gp_mod.PRUNED_FILE,
-                           method_dir=out, run_path=ctx.run.path)
-    ctx.runner.drive(gp_mod.FinetuneStage(ctx, unit.model, unit.masks, data, out, stage, "GP", None))
+    unit = prune_and_finetune(ctx, model, data)
     assert "gp_pruned_trace" in [s.name for s in planned_stages(ctx.cfg, ctx.run.path)]
     result = ctx.runner.drive(namespace["PrunedTraceStage"](ctx, unit.model, data, "gp"))
     expected = hessian_trace(hessian_setup(ctx, unit.model, data)[0](), 3, seed=ctx.cfg.seed)

@@ -257,6 +257,18 @@ def test_prune_and_finetune_run_once_and_reload_equal(tmp_path, monkeypatch):
         run_gp(context(tmp_path, "prune.min_threshold=5", "finetune.lr=0.5"), model, dense, data, 0.5)
 
 
+def prune_and_finetune(ctx, model, data, sparsity: float = 0.5):
+    """Drive GP's prune unit and then its fine-tune unit on ``model``; returns the prune unit, whose
+    ``model`` the fine-tuning trained (or loaded)."""
+    unit = gp_mod.PruneStage(ctx, model, data, "gp", sparsity, None)
+    ctx.runner.drive(unit)
+    out = ctx.run.sub("gp")
+    stage = finetune_stage(ctx.cfg, "gp", masks=out / gp_mod.MASK_FILE, weights=out / gp_mod.PRUNED_FILE,
+                           method_dir=out, run_path=ctx.run.path)
+    ctx.runner.drive(gp_mod.FinetuneStage(ctx, unit.model, unit.masks, data, out, stage, "GP", None))
+    return unit
+
+
 def test_a_finished_finetune_leaves_the_model_holding_its_weights(tmp_path, monkeypatch):
     """A later stage measuring the fine-tuned model measures the same weights whether the fine-tuning ran
     in this command or was loaded (not the pruned weights it started from)."""
@@ -265,12 +277,7 @@ def test_a_finished_finetune_leaves_the_model_holding_its_weights(tmp_path, monk
     model, _ = dense_model(context(tmp_path), data)
 
     def finetuned(ctx):
-        unit = gp_mod.PruneStage(ctx, model, data, "gp", 0.5, None)
-        ctx.runner.drive(unit)
-        out = ctx.run.sub("gp")
-        stage = finetune_stage(ctx.cfg, "gp", masks=out / gp_mod.MASK_FILE, weights=out / gp_mod.PRUNED_FILE,
-                               method_dir=out, run_path=ctx.run.path)
-        ctx.runner.drive(gp_mod.FinetuneStage(ctx, unit.model, unit.masks, data, out, stage, "GP", None))
+        unit = prune_and_finetune(ctx, model, data)
         return {k: v.clone() for k, v in unit.model.state_dict().items()}
 
     computed = finetuned(context(tmp_path))
