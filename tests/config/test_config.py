@@ -146,3 +146,33 @@ def test_finetune_defaults_are_the_gp_recipe(tmp_path):
     f = cfg.finetune
     for key, value in GP_FINETUNE_DEFAULTS.items():
         assert getattr(f, key) == pytest.approx(value) if isinstance(value, float) else getattr(f, key) == value
+
+
+@pytest.mark.parametrize("written, mode, arg", [("true", "true", True), ("false", "false", False),
+                                                ("auto", "auto", "auto"), ("'True'", "true", True)])
+def test_batched_probes_takes_yaml_booleans_like_cache_graph(tmp_path, written, mode, arg):
+    from_file = load_config(write(tmp_path, f"spectrum:\n  batched_probes: {written}\n")).spectrum
+    from_override = load_config(None, [f"spectrum.batched_probes={written}"]).spectrum
+    for s in (from_file, from_override):
+        assert s.batched_probes == mode and s.batched_probes_arg() == arg
+    assert load_config(None).spectrum.batched_probes_arg() == "auto"   # the operator picks by device
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("spectrum.batched_probes=sometimes", "spectrum.batched_probes='sometimes' must be one of ('auto', 'true', 'false')"),
+    ("spectrum.batched_probes=yes please", "spectrum.batched_probes='yes please' must be one of"),
+    ("spectrum.batched_probes=1", "spectrum.batched_probes: value 1 has the wrong type; expected str or bool"),
+])
+def test_batched_probes_refuses_other_values_naming_the_key(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_batched_probes_true_is_refused_for_the_gauss_newton_matrix():
+    """The Gauss-Newton product has no vmap'd path: asking for it must not be silently ignored."""
+    with pytest.raises(ConfigError, match="spectrum.batched_probes=true applies to the Hessian") as e:
+        load_config(None, ["spectrum.matrix=gauss_newton", "spectrum.batched_probes=true"])
+    assert "batched_probes to auto or false" in str(e.value)
+    for mode in ("auto", "false"):
+        assert load_config(None, ["spectrum.matrix=gauss_newton", f"spectrum.batched_probes={mode}"])

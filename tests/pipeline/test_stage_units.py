@@ -144,7 +144,8 @@ def finished(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("key", ["spectrum.lean_graphs=false", "spectrum.cache_graph='false'",
                                  "spectrum.memory_budget=1GiB", "spectrum.hessian_batch_size=7",
-                                 "spectrum.checkpoint_every=0", "spectrum.basis_device=cpu"])
+                                 "spectrum.checkpoint_every=0", "spectrum.basis_device=cpu",
+                                 "spectrum.batched_probes=true"])
 def test_a_speed_only_key_resumes_a_finished_spectrum(finished, key):
     cfg = load_config("default", [*TINY, f"out={finished}", key])
     runner = StageRunner(cfg, RunDir(finished))

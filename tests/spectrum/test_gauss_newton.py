@@ -172,6 +172,20 @@ def test_refusals_name_the_fix():
         GaussNewtonOperator(Classes(), lambda out, y: (out == y).double().mean(), data)
 
 
+def test_batched_probes_true_is_refused_not_ignored():
+    """G's product loops over the probes; batched_probes=True (the Hessian's vmap'd backward) would be a
+    setting that silently does nothing, so it is refused, and "auto" records the loop it runs."""
+    model, data = net(), batches("ce")
+    for value in (True, "true"):
+        with pytest.raises(PrunelimitError, match="the Gauss-Newton product always loops over the probes"):
+            GaussNewtonOperator(model, nn.functional.cross_entropy, data, batched_probes=value)
+        with pytest.raises(PrunelimitError, match="batched_probes"):
+            curvature_operator("gauss_newton", model, nn.functional.cross_entropy, data, batched_probes=value)
+    for value in ("auto", False, "false"):
+        op = GaussNewtonOperator(model, nn.functional.cross_entropy, data, batched_probes=value)
+        assert op.batched_hvp is False
+
+
 def test_a_hessian_lanczos_state_is_never_resumed_as_gauss_newton(tmp_path):
     from prunelimit.spectrum.checkpoint import LanczosCheckpoint
 

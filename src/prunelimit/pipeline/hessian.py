@@ -51,7 +51,7 @@ def hessian_setup(ctx: Context, model: nn.Module, data: Data):
         batches = _hessian_batches(ctx, model, criterion, data, loader, budget)
         op = curvature_operator(s.matrix, model, criterion, batches, regularizer=regularizer, device=ctx.device,
                                 cache_graph=s.cache_graph_arg(), memory_budget=budget, lean_graphs=s.lean_graphs,
-                                show_progress=cfg.show_progress)
+                                batched_probes=s.batched_probes_arg(), show_progress=cfg.show_progress)
         say(op.cache_report)
         return op
 

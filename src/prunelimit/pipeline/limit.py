@@ -129,8 +129,11 @@ def compute_spectrum(ctx: Context, op, files: tuple[str, str, str, str], what: s
     steps = min(s.lanczos_iter, op.dim)
     if steps < s.lanczos_iter:
         say(f"{what}: lanczos_iter {s.lanczos_iter} exceeds the {matrix}'s dimension {op.dim}; using {steps}")
-    say(f"{what}: {matrix} over {op.dim:,} parameters; {memory_message(op.dim, steps, op.dtype, probes=1)}")
-    basis_device, why = resolve_basis_device(s.basis_device, op.device, memory_estimate(op.dim, steps, op.dtype))
+    # SLQ runs its probes in lock-step: the basis holds all of them (probes x steps x dim)
+    say(f"{what}: {matrix} over {op.dim:,} parameters; "
+        f"{memory_message(op.dim, steps, op.dtype, probes=s.lanczos_num)}")
+    basis_device, why = resolve_basis_device(s.basis_device, op.device,
+                                             memory_estimate(op.dim, steps, op.dtype, probes=s.lanczos_num))
     say(f"{what}: Lanczos basis {why}")
     basis = "cpu" if basis_device.type == "cpu" else "same"
     seed = cfg.seed_for(s.seed)

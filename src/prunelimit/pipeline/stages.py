@@ -246,10 +246,12 @@ def sweep_stage(cfg: RunConfig) -> Stage:
 
 
 # Spectrum keys that change the speed or memory of the Hessian products, not the numbers (up to the
-# order of a floating-point sum: hessian_batch_size and memory_budget regroup the same samples), so
-# changing one resumes a run instead of refusing it.
+# order of a floating-point sum: hessian_batch_size and memory_budget regroup the same samples,
+# batched_probes sums each probe's double backward in a vmap'd instead of a looped pass), so changing one
+# resumes a run instead of refusing it.
 SPEED_ONLY_KEYS = ("spectrum.cache_graph", "spectrum.memory_budget", "spectrum.hessian_batch_size",
-                   "spectrum.lean_graphs", "spectrum.checkpoint_every", "spectrum.basis_device")
+                   "spectrum.lean_graphs", "spectrum.checkpoint_every", "spectrum.basis_device",
+                   "spectrum.batched_probes")
 ROWS_ONLY_KEYS = ("spectrum.important_eigs", "spectrum.row_quantiles", "spectrum.row_threshold")
 PLOT_ONLY_KEYS = ("spectrum.density_points", "spectrum.density_sigma")   # density.csv and its figure
 SLQ_ONLY_KEYS = ("spectrum.lanczos_iter", "spectrum.lanczos_num", "spectrum.top_k", "spectrum.trace_samples",

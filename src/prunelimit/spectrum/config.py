@@ -6,6 +6,7 @@ from prunelimit.errors import PrunelimitError
 
 DENSITY_KERNELS = ("gaussian", "original")
 CACHE_GRAPH_MODES = ("auto", "true", "false")
+BATCHED_PROBES_MODES = ("auto", "true", "false")
 MATRICES = ("hessian", "gauss_newton")
 BASIS_DEVICES = ("auto", "same", "cpu")
 
@@ -29,6 +30,8 @@ class SpectrumConfig:
     hessian_batch_size: int | None = None  # samples per Hessian batch with full data; null = the
                                      # largest that fits the budget (epsilon keeps the training batches)
     lean_graphs: bool = True         # lean second-order graphs (false: PyTorch's plain double backward)
+    batched_probes: str | bool = "auto"  # several probes' double backward in one vmap'd pass ("true"), a loop
+                                     # ("false") or by device ("auto": CPU loops, CUDA vmaps); Hessian only
     seed: int | None = None          # seed of the Rademacher probes and restart vectors; None: the run's seed
     reorthogonalize: bool | str = True  # full re-orthogonalisation in SLQ; "partial": only when Simon's estimate
                                      # of the lost orthogonality passes sqrt(eps) (cheaper at scale, as
@@ -70,6 +73,12 @@ class SpectrumConfig:
         if str(self.cache_graph).lower() not in CACHE_GRAPH_MODES:
             raise PrunelimitError(f"spectrum.cache_graph={self.cache_graph!r} must be one of {CACHE_GRAPH_MODES}")
         object.__setattr__(self, "cache_graph", str(self.cache_graph).lower())
+        if isinstance(self.batched_probes, bool):  # YAML true/false
+            object.__setattr__(self, "batched_probes", "true" if self.batched_probes else "false")  # frozen
+        if str(self.batched_probes).lower() not in BATCHED_PROBES_MODES:
+            raise PrunelimitError(f"spectrum.batched_probes={self.batched_probes!r} must be one of "
+                                  f"{BATCHED_PROBES_MODES} (auto: the CPU loops over the probes, CUDA vmaps them)")
+        object.__setattr__(self, "batched_probes", str(self.batched_probes).lower())
         if self.memory_budget is not None:
             from prunelimit.spectrum.memory import resolve_budget
 
@@ -86,6 +95,10 @@ class SpectrumConfig:
             raise PrunelimitError(f"spectrum.lean_graphs={self.lean_graphs!r} must be true or false")
         if self.matrix not in MATRICES:
             raise PrunelimitError(f"spectrum.matrix={self.matrix!r} is not one of {MATRICES}")
+        if self.matrix == "gauss_newton" and self.batched_probes == "true":
+            raise PrunelimitError("spectrum.batched_probes=true applies to the Hessian's double backward; the "
+                                  "Gauss-Newton product (spectrum.matrix=gauss_newton) always loops over the "
+                                  "probes: set batched_probes to auto or false, or matrix to hessian")
         if self.basis_device not in BASIS_DEVICES:
             raise PrunelimitError(f"spectrum.basis_device={self.basis_device!r} is not one of {BASIS_DEVICES}")
         if self.masks is not None and not (isinstance(self.masks, str) and self.masks.strip()):
@@ -95,3 +108,7 @@ class SpectrumConfig:
     def cache_graph_arg(self) -> bool | str:
         """The value HessianOperator(cache_graph=...) expects."""
         return {"auto": "auto", "true": True, "false": False}[self.cache_graph]
+
+    def batched_probes_arg(self) -> bool | str:
+        """The value HessianOperator(batched_probes=...) expects."""
+        return {"auto": "auto", "true": True, "false": False}[self.batched_probes]

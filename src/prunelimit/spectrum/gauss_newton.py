@@ -104,8 +104,10 @@ class GaussNewtonOperator(HessianOperator):
     lean_graphs = False  # the lean graphs drop parts of the gradient's graph; G never builds that graph
 
     def __init__(self, model: nn.Module, loss_fn: Callable, batches: Iterable, *,
-                 lean_graphs: bool | None = None, **kwargs):
-        """``kwargs``: HessianOperator's (params, regularizer, device, cache_graph, memory_budget, ...)."""
+                 lean_graphs: bool | None = None, batched_probes: bool | str = "auto", **kwargs):
+        """``kwargs``: HessianOperator's (params, regularizer, device, cache_graph, memory_budget, ...).
+        ``batched_probes``: only "auto" or False: the product loops over the probes (each one's J v, H_out
+        and Jᵀ pass), so there is no vmap'd path to choose."""
         if isinstance(loss_fn, ModelLoss):
             raise PrunelimitError("the Gauss-Newton matrix needs the model's outputs apart from the loss, but "
                                   "loss_fn is a pl.model_loss function of the whole batch; pass "
@@ -113,7 +115,10 @@ class GaussNewtonOperator(HessianOperator):
         if lean_graphs:
             raise PrunelimitError("lean_graphs=True applies to the Hessian's gradient graphs; the Gauss-Newton "
                                   "operator builds none — leave lean_graphs unset")
-        super().__init__(model, loss_fn, batches, lean_graphs=False, **kwargs)
+        if batched_probes not in ("auto", False, "false"):
+            raise PrunelimitError(f"batched_probes={batched_probes!r} applies to the Hessian's double backward; the "
+                                  "Gauss-Newton product always loops over the probes — leave batched_probes unset")
+        super().__init__(model, loss_fn, batches, lean_graphs=False, batched_probes=False, **kwargs)
 
     # ------------------------------------------------------------------ construction
     def _curvature(self, inputs, targets, n: int, i: int) -> tuple[_BatchCurvature, torch.Tensor]:
