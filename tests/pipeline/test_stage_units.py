@@ -351,7 +351,7 @@ def test_report_reads_a_summary_written_by_an_older_version(tmp_path, capsys):
     (run / "summary.json").write_text(json.dumps(OLD_SUMMARY))
     assert cli("report", run) == 0
     out = capsys.readouterr().out.splitlines()
-    assert "prunelimit default run: fc_small on digits" in out
+    assert out[0] == "prunelimit default run: fc_small on digits"   # from the first line: nothing precedes it
     assert "  dense model (trained): test top-1 97.22 %" in out
     # readings absent: each rule read its default way; a missing limit says why
     assert any(line.startswith("  actual: largest p with test acc > unpruned (original rule)")

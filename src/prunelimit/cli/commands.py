@@ -228,7 +228,7 @@ def cmd_finetune(args, argv) -> int:
 def cmd_report(args, argv) -> int:
     from prunelimit.runs.report import print_summary, report_from_dir
 
-    print_summary(report_from_dir(args.run_dir))
+    print_summary(report_from_dir(args.run_dir), after_progress=False)
     return 0
 
 

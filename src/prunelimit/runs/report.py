@@ -146,9 +146,11 @@ def _typed(s: RunSummary | Mapping) -> RunSummary:
     return s if isinstance(s, RunSummary) else RunSummary.from_json(s)
 
 
-def print_summary(s: RunSummary | Mapping) -> None:
+def print_summary(s: RunSummary | Mapping, *, after_progress: bool = True) -> None:
+    """Print the summary; ``after_progress``: a blank line first, parting it from the stages' lines a
+    command printed above it (``report`` prints the summary alone, from its first line)."""
     if dist.is_main():
-        print("\n" + "\n".join(summary_lines(s)), flush=True)
+        print("\n" * after_progress + "\n".join(summary_lines(s)), flush=True)
 
 
 def write_summary(run_dir: str | Path, s: RunSummary | Mapping) -> None:
