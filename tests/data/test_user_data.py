@@ -120,6 +120,32 @@ def test_imagefolder_resizes_and_normalises(tmp_path):
         create_dataset("imagefolder", tmp_path, train=True, image_size=[6, 8])
 
 
+def test_one_number_for_mean_or_std_is_every_channels(tmp_path):
+    """`data.mean: 0.5` (a scalar) normalises every channel by it, from YAML as from the library."""
+    from torchvision import transforms
+    from torchvision.datasets import ImageFolder
+
+    from prunelimit.config import ConfigError, load_config
+
+    write_images(tmp_path, "train", ["cat", "dog"], 2)
+    write_images(tmp_path, "val", ["cat", "dog"], 2, seed=1)
+    (tmp_path / "c.yaml").write_text(f"data:\n  dataset: imagefolder\n  data_path: {tmp_path}\n"
+                                     f"  image_size: [6, 8]\n  mean: 0.5\n  std: 0.25\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert cfg.data.options() == {"mean": 0.5, "std": 0.25, "image_size": [6, 8]}   # recorded as written
+    info = dataset_info("imagefolder", tmp_path, **cfg.data.options())
+    assert info.mean == (0.5, 0.5, 0.5) and info.std == (0.25, 0.25, 0.25)
+    x, _ = create_dataset("imagefolder", tmp_path, train=False, **cfg.data.options())[3]
+    raw = ImageFolder(str(tmp_path / "val"), transform=transforms.Compose([transforms.Resize((6, 8)),
+                                                                           transforms.ToTensor()]))
+    torch.testing.assert_close(x, (raw[3][0] - 0.5) / 0.25)
+    digits_npz(tmp_path / "d.npz")                              # one channel: the same as [0.5]
+    one = create_dataset("arrays", tmp_path / "d.npz", train=True, mean=0.5, std=2)[0][0]
+    torch.testing.assert_close(one, create_dataset("arrays", tmp_path / "d.npz", train=True, mean=[0.5], std=[2.0])[0][0])
+    with pytest.raises(ConfigError, match="data key 'std' must be > 0 for every channel; got 0"):
+        load_config(None, ["data.dataset=imagefolder", f"data.data_path={tmp_path}", "data.std=0"])
+
+
 def test_user_npz_runs_through_prunelimit_run_with_one_config_line(tmp_path, capsys):
     digits_npz(tmp_path / "mine.npz")
     out = tmp_path / "run"

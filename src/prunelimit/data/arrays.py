@@ -26,7 +26,7 @@ import torch
 
 from prunelimit.data.common import ImageTensorDataset
 from prunelimit.data.info import DatasetInfo
-from prunelimit.data.registry import register_dataset
+from prunelimit.data.registry import per_channel, register_dataset
 from prunelimit.errors import PrunelimitError
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -139,8 +139,8 @@ def load_arrays(path: str | os.PathLike) -> ArraySplits:
 
 def _normalisation(splits: ArraySplits, mean, std, path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
     channels = splits.x_train.shape[1]
-    mean = splits.mean if mean is None else tuple(mean)
-    std = splits.std if std is None else tuple(std)
+    mean = splits.mean if mean is None else per_channel(mean, channels)
+    std = splits.std if std is None else per_channel(std, channels)
     for key, v in (("mean", mean), ("std", std)):
         if len(v) != channels:
             raise PrunelimitError(f"data.{key} has {len(v)} value(s) but {path} has {channels} channel(s); give one "

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from prunelimit.data.info import DatasetInfo
-from prunelimit.data.registry import register_dataset
+from prunelimit.data.registry import per_channel, register_dataset
 from prunelimit.errors import PrunelimitError
 
 HOW_TO = ("Set data_path to a folder with train/<class>/<images> and test/<class>/<images> (or val/), and "
@@ -91,6 +91,7 @@ def _normalisation(root: Path, size, mean, std) -> tuple[tuple[float, ...], tupl
         computed = _train_stats(size, *_stamp(root))
         mean = computed[0] if mean is None else mean
         std = computed[1] if std is None else std
+    mean, std = per_channel(mean, 3), per_channel(std, 3)
     for key, v in (("mean", mean), ("std", std)):
         if len(v) != 3:
             raise PrunelimitError(f"data.{key} needs 3 values (imagefolder images are read as RGB); got {list(v)}")

@@ -6,7 +6,7 @@ import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from torch.utils.data import Dataset
 
@@ -25,8 +25,10 @@ class DataConfig:
     workers: int = 0  # DataLoader worker processes per rank (0 = load in the main process)
     augment: bool = True  # random crops/flips on the train split (False: the test transform)
     use_full_data: bool = True  # original key: Hessian and epsilon statistics use the whole training set
-    mean: list[float] | None = None  # arrays/imagefolder: per-channel mean; None: computed from the train split
-    std: list[float] | None = None  # arrays/imagefolder: per-channel std; None: computed from the train split
+    mean: list[float] | float | None = None  # arrays/imagefolder: per-channel mean (one number: the same for
+                                             # every channel); None: computed from the train split
+    std: list[float] | float | None = None  # arrays/imagefolder: per-channel std (one number: every channel);
+                                            # None: computed from the train split
     image_size: list[int] | int | None = None  # imagefolder: [height, width] every image is resized to;
                                                # one int: a square of that size
 
@@ -56,15 +58,16 @@ class DataConfig:
                              f"got {self.workers!r}")
         for key in ("mean", "std"):
             v = getattr(self, key)
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                v = [float(v)]
-            if v is not None and (not isinstance(v, (list, tuple)) or not v
-                                  or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in v)):
+            one = isinstance(v, (int, float)) and not isinstance(v, bool)   # one number: every channel's
+            values = [v] if one else v
+            if values is not None and (not isinstance(values, (list, tuple)) or not values
+                                       or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in values)):
                 raise PrunelimitError(f"data key {key!r} must be a list of numbers, one per channel "
-                                      f"(e.g. [0.5, 0.5, 0.5]); got {v!r}")
-            if v is not None and key == "std" and min(v) <= 0:
+                                      f"(e.g. [0.5, 0.5, 0.5]), or one number for every channel; got {v!r}")
+            if values is not None and key == "std" and min(values) <= 0:
                 raise PrunelimitError(f"data key 'std' must be > 0 for every channel; got {v!r}")
-            object.__setattr__(self, key, None if v is None else [float(x) for x in v])
+            # a number stays a number (the datasets repeat it over their channels, which only they know)
+            object.__setattr__(self, key, None if v is None else float(v) if one else [float(x) for x in v])
         if isinstance(self.image_size, int) and not isinstance(self.image_size, bool):
             object.__setattr__(self, "image_size", [self.image_size, self.image_size])
         if self.image_size is not None and (
@@ -89,6 +92,13 @@ DatasetFactory = Callable[..., Dataset]
 
 
 USER_DATA_OPTIONS = ("mean", "std", "image_size")
+
+
+def per_channel(value: float | Sequence[float], channels: int) -> tuple[float, ...]:
+    """``data.mean`` / ``data.std`` as one value per channel: a single number is every channel's."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (float(value),) * channels
+    return tuple(value)
 
 
 @dataclass(frozen=True)
