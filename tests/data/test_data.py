@@ -205,6 +205,34 @@ def test_mnist_errors_name_the_file_and_how_to_get_it(tmp_path, monkeypatch):
     assert "download: true" not in str(failed.value)
 
 
+def test_a_failed_download_removes_the_folders_it_created_and_only_those(tmp_path, monkeypatch):
+    def half_then_offline(root):    # as torchvision does: make <root>/MNIST/raw, start a file, lose the network
+        (root / "MNIST" / "raw").mkdir(parents=True)
+        (root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b partial")
+        raise URLError("no network")
+
+    monkeypatch.setattr(mnist_module, "_download", half_then_offline)
+    mine = tmp_path / "mine"
+    (mine / "keep").mkdir(parents=True)                     # the user's: exists before the command
+    with pytest.raises(ValueError, match="downloading into .*failed"):
+        create_dataset("mnist", mine / "new" / "deeper", train=False, download=True)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["mine", "mine/keep"]
+
+    (mine / "MNIST").mkdir()                                # MNIST/ existed: only raw/ is the download's
+    with pytest.raises(ValueError, match="downloading into .*failed"):
+        create_dataset("mnist", mine, train=False, download=True)
+    assert sorted(p.relative_to(mine).as_posix() for p in mine.rglob("*")) == ["MNIST", "keep"]
+
+    def interrupted(root):                                  # Ctrl-C mid-download cleans up as well
+        (root / "MNIST" / "raw").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mnist_module, "_download", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        create_dataset("mnist", mine / "other", train=False, download=True)
+    assert not (mine / "other").exists() and (mine / "keep").is_dir()
+
+
 # --------------------------------------------------------------------------- CIFAR
 @pytest.mark.parametrize("rename_numpy_core", [False, True])
 def test_cifar10_batches_load_with_closed_form_normalisation(tmp_path, rename_numpy_core):

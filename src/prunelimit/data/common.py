@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -80,13 +81,31 @@ def require_paths(dataset: str, paths: Sequence[Path]) -> None:
             raise missing_data_error(dataset, p)
 
 
+def _first_missing_folder(target: Path) -> Path | None:
+    """The outermost folder on the way to ``target`` that does not exist yet (None: ``target`` exists)."""
+    missing = None
+    for folder in (target, *target.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
 def run_download(dataset: str, target: Path, fetch: Callable[[], None]) -> None:
-    """Run ``fetch`` on rank 0 only (the others wait), turning any failure into a clear ``ValueError``."""
+    """Run ``fetch`` on rank 0 only (the others wait), turning any failure into a clear ``ValueError``.
+    A failed download removes the folders it created on the way to ``target`` (everything in them is
+    its own), so a wrong ``data_path`` leaves no empty tree behind; folders that existed are left as they
+    are (a partial file there fails the downloader's checksum next time and is fetched again)."""
     failure: Exception | None = None
     if dist.is_main():
+        created = _first_missing_folder(Path(target).absolute())
         try:
             fetch()
-        except Exception as e:  # network, checksum and archive errors all mean "no data"
+        except BaseException as e:  # network, checksum and archive errors all mean "no data"; Ctrl-C too
+            if created is not None and created.is_dir() and not created.is_symlink():
+                shutil.rmtree(created, ignore_errors=True)
+            if not isinstance(e, Exception):
+                raise
             failure = e
     dist.barrier()
     if failure is not None:
