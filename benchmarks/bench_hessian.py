@@ -30,7 +30,8 @@ multiple of ours (>1: we are faster). Accuracy: each tool's top Ritz value again
 reference (the same Hessian in float64, top eigenvalue by Lanczos converged to 1e-10; not run for the
 ResNet cases, where a float64 copy is too slow on this machine: there the tools are compared with each
 other). Also printed for prunelimit: one HVP as a multiple of one plain gradient (forward + backward
-over the same batches), and the split of a Lanczos step into HVP and bookkeeping, and the peak RSS.
+over the same batches), the split of a Lanczos step into HVP and bookkeeping (the median of 3 runs of
+min(steps, 16) steps), and the peak RSS.
 For the r18 case also one 128-step Lanczos run with full and one with partial re-orthogonalisation
 (``reorthogonalize="partial"``), each step / HVP after 8, 32 and 128 steps, and the partial run's top
 5 Ritz values against the full run's (``--no-profile`` skips this); for r50 the same up to 32 steps.
@@ -188,13 +189,19 @@ def gradient_and_hvp_ms(model, batches, budget, rounds: int = 3) -> tuple[float,
     return statistics.median(grads) * 1e3, statistics.median(hvps) * 1e3
 
 
-def lanczos_split(model, batches, steps, start, budget) -> tuple[float, float]:
-    """(HVP ms, bookkeeping ms) per step of one of our Lanczos runs."""
+def lanczos_split(model, batches, steps, start, budget, rounds: int = 3) -> tuple[float, float]:
+    """(HVP ms, bookkeeping ms) per step of our Lanczos runs: the run with the median step / HVP of
+    ``rounds`` runs (one run's ratio moves with the load on a shared machine)."""
     op = HessianOperator(model, nn.functional.cross_entropy, batches, params=list(model.named_parameters()),
                          memory_budget=budget)
-    run = _LanczosRun(op, start.unsqueeze(0), steps)
-    run.advance(steps)
-    return run.hvp_seconds / steps * 1e3, run.bookkeeping_seconds / steps * 1e3
+    splits = []
+    for _ in range(rounds):
+        run = _LanczosRun(op, start.unsqueeze(0), steps)
+        run.advance(steps)
+        splits.append((run.hvp_seconds / steps * 1e3, run.bookkeeping_seconds / steps * 1e3))
+        del run
+    splits.sort(key=lambda hb: (hb[0] + hb[1]) / hb[0])
+    return splits[len(splits) // 2]
 
 
 def step_profile(model, batches, start, budget, marks=(8, 32, 128)) -> dict:
