@@ -121,6 +121,21 @@ def test_errors_name_the_key(tmp_path, text, needle):
     assert "c.yaml" in str(e.value)
 
 
+@pytest.mark.parametrize("override, section, key", [
+    ("spectrum.top_k=0", "spectrum", "spectrum.top_k=0"),
+    ("prune.sparsity=2", "prune", "prune.sparsity=2"),
+    ("train.epochs=-1", "train", "train config key 'epochs'"),
+])
+def test_a_section_check_that_names_its_key_is_not_prefixed_with_the_section_again(override, section, key):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    message = str(e.value)
+    assert key in message and f"{section}: {section}" not in message
+    # a message that does not name its section keeps the prefix
+    with pytest.raises(ConfigError, match=r": data: unknown key 'batch_size'"):
+        load_config(None, ["data.batch_size=3"])
+
+
 def test_missing_config_suggests_shipped(tmp_path):
     with pytest.raises(ConfigError, match="did you mean 'FC_CIFAR10'"):
         load_config("FC_CIFAR1")

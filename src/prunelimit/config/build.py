@@ -40,7 +40,13 @@ def build_dataclass(cls, values: Mapping[str, Any] | None, where: str):
     except ConfigError:
         raise
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"{where}: {e}") from None
+        # a section's own checks name their keys ('spectrum.top_k=...', 'train config key ...'): then the
+        # section is not named twice ('FILE: spectrum: spectrum.top_k=...')
+        head, _, section = where.rpartition(": ")
+        message = str(e)
+        if message.startswith((f"{section}.", f"{section} ")):
+            raise ConfigError(f"{head}: {message}" if head else message) from None
+        raise ConfigError(f"{where}: {message}") from None
 
 
 def coerce(val: Any, tp: Any, where: str) -> Any:
