@@ -196,6 +196,18 @@ def test_validate_and_ls(capsys):
         assert name in text
 
 
+def test_validate_applies_key_value_overrides_like_run(capsys):
+    # with overrides only: the embedded default config, overridden
+    assert run_cli("validate", "spectrum.top_k=7", "spectrum.batched_probes=true") == 0
+    text = capsys.readouterr().out
+    assert "top_k: 7" in text and "batched_probes: 'true'" in text
+    # overrides apply to every config named; a bad value fails each of them, naming the key
+    assert run_cli("validate", "--quiet", "default", "FC_CIFAR10", "spectrum.top_k=0") == 2
+    captured = capsys.readouterr()
+    assert captured.out.count("FAILED") == 2 and "spectrum.top_k=0 must be an integer >= 1" in captured.out
+    assert "2 of 2 config(s) failed validation" in captured.err
+
+
 def test_run_embedded_default_small(tmp_path, capsys):
     """The default pipeline end to end, shortened: limit stages, then GP and GP+MT at the prediction."""
     out = tmp_path / "default"

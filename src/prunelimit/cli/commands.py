@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from prunelimit.runs import paths
@@ -233,25 +234,32 @@ def cmd_report(args, argv) -> int:
 
 
 def cmd_validate(args, argv) -> int:
-    if len(args.configs) == 1:   # one config: its error is the one `error:` line, nothing to count
-        cfg = load_config(args.configs[0])
-        print(f"OK {args.configs[0]}" if args.quiet else
-              f"# {args.configs[0]}: OK (pipeline {cfg.pipeline})\n{dump_config(cfg)}")
+    # key=value arguments (not files) are overrides applied to every config, as `run CONFIG key=value`
+    # would; with overrides only, the embedded default config is validated
+    overrides = [a for a in args.configs if "=" in a and not os.path.exists(a)]
+    configs = [a for a in args.configs if a not in overrides] or [None]
+    label = {spec: (spec or "the default config") + (" with " + " ".join(overrides) if overrides else "")
+             for spec in configs}
+    if len(configs) == 1:   # one config: its error is the one `error:` line, nothing to count
+        spec = configs[0]
+        cfg = load_config(spec, overrides)
+        print(f"OK {label[spec]}" if args.quiet else
+              f"# {label[spec]}: OK (pipeline {cfg.pipeline})\n{dump_config(cfg)}")
         return 0
     failed = 0
-    for spec in args.configs:
+    for spec in configs:
         try:
-            cfg = load_config(spec)
+            cfg = load_config(spec, overrides)
         except PrunelimitError as e:   # a line per config on stdout; the count is the one `error:` line
-            print(f"FAILED {spec}: {e}")
+            print(f"FAILED {label[spec]}: {e}")
             failed += 1
             continue
         if args.quiet:
-            print(f"OK {spec}")
+            print(f"OK {label[spec]}")
         else:
-            print(f"# {spec}: OK (pipeline {cfg.pipeline})\n{dump_config(cfg)}")
+            print(f"# {label[spec]}: OK (pipeline {cfg.pipeline})\n{dump_config(cfg)}")
     if failed:
-        raise PrunelimitError(f"{failed} of {len(args.configs)} config(s) failed validation")
+        raise PrunelimitError(f"{failed} of {len(configs)} config(s) failed validation")
     return 0
 
 

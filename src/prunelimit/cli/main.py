@@ -136,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
 
     p = sub.add_parser("validate", help="load configs, check every key and value, print the resolved config")
-    p.add_argument("configs", nargs="+", help="YAML files or shipped config names")
+    p.add_argument("configs", nargs="+", metavar="config | key=value",
+                   help="YAML files or shipped config names, and config overrides such as spectrum.top_k=3 "
+                        "(applied to every config; with overrides only, the embedded default config)")
     p.add_argument("--quiet", action="store_true", help="only say OK or the error")
 
     p = sub.add_parser("ls", help="list models, datasets or shipped configs")
