@@ -162,3 +162,29 @@ def test_slq_without_reorthogonalisation_keeps_the_quadrature_a_probability_meas
     mass = [float(w[n > 4.9].sum()) for n, w in (full, plain)]
     assert mass[0] > 1e-4 and abs(mass[0] - mass[1]) < 1e-6 * max(1.0, mass[0]) + 1e-7
     assert int((full[0] > 4.99).sum()) == 2               # one Ritz value per probe with re-orthogonalisation
+
+
+def test_rows_with_large_components_along_old_vectors_take_the_measured_second_pass():
+    """The step normalises inside the Gram-Schmidt update only when ‖c‖² (after the three-term update)
+    is under half of ‖w‖²; an operator that puts a large component along q_0 into every product (not
+    symmetric, so Lanczos' three-term update cannot remove it) takes the measured path with the DGKS
+    second pass instead. Either way the basis comes out orthonormal."""
+    dim, steps = 5000, 12
+    gen = torch.Generator().manual_seed(3)
+    d = torch.rand(dim, generator=gen) + 1
+    z = torch.randn(dim, generator=gen) * 20
+    v0 = rademacher(1, dim, seed=2)
+    q0 = v0[0] / v0[0].norm()
+
+    class PullsTowardsStart:
+        dim, dtype, device = 5000, torch.float32, torch.device("cpu")
+
+        def matmat(self, V, out=None):
+            W = V * d + (V @ z)[:, None] * q0
+            return out.copy_(W) if out is not None else W
+
+    run = _LanczosRun(PullsTowardsStart(), v0, steps)
+    run.advance(steps)
+    assert run.second_passes > 0
+    B = run.basis[:steps, 0].double()
+    assert torch.allclose(B @ B.T, torch.eye(steps, dtype=torch.float64), atol=1e-5)

@@ -86,7 +86,8 @@ class _LanczosRun:
     float32 BLAS calls over chunks summed in float64 (reductions.py): float64-accurate without float64
     copies. Per step (P = 1, m = j+1 basis vectors): one dot (q, w), one fused update
     w -= alpha q + beta q_prev, one GEMV + one rank-m update against the basis (re-orthogonalisation;
-    both read the m basis vectors, the only part that grows with j), one norm, one scaled copy.
+    both read the m basis vectors, the only part that grows with j), one norm taken before that update
+    (Pythagoras gives beta_j), and the update also divides by beta_j: no separate normalising pass.
     """
 
     def __init__(self, op, start: torch.Tensor, capacity: int, *, reorthogonalize: bool | str = True,
@@ -159,19 +160,28 @@ class _LanczosRun:
             self._window[0].copy_(self._window[1])
             self._window[1].copy_(self._window[2])
 
-    def _orthogonalize(self, w: torch.Tensor, upto: int, only=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _orthogonalize(self, w: torch.Tensor, upto: int, only=None,
+                       alpha: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
         """Remove in place the components of each row of w (P, dim) along its probe's first ``upto``
         basis vectors. Returns float64 (P,) tensors: the squared norms of the rows afterwards, and the
-        total coefficient removed along the last basis vector (q_j) per row.
+        total coefficient removed along the last basis vector (q_j) per row; and per row whether it was
+        also normalised (only with ``alpha``, below).
 
         Classical Gram-Schmidt: coefficients c = Q w (chunked, float64 sums), then w -= Q^T c
         (one GEMV-transpose, in place). A second pass runs only when the first removed a large part
         of w (the DGKS "twice is enough" test ‖w'‖ < ‖w‖/√2), with ‖w‖² = ‖w'‖² + ‖c‖² for an
         orthonormal Q, so the test needs no extra norm. After the three-term recurrence the remaining
-        components are at round-off level and one pass is almost always enough. ``only``: the probes
-        to orthogonalise (default all); the others' entries are left 0."""
+        components are at round-off level and one pass is almost always enough.
+
+        ``alpha`` (P,) float64: the step's alpha_j estimates. Then the norm is taken BEFORE the update
+        and ‖w'‖² = ‖w‖² - ‖c‖² (c is at round-off level here, so nothing cancels), and where the DGKS
+        test passes and the step does not break down (the test ``advance`` applies) the update also
+        divides by beta_j = ‖w'‖: the separate normalising pass (a read and a write of w) is saved.
+        ``only``: the probes to orthogonalise (default all); the others' entries are left 0."""
         norms2 = torch.zeros(self.P, dtype=torch.float64)
         last = torch.zeros(self.P, dtype=torch.float64)
+        normalised = [False] * self.P
+        eps = torch.finfo(self.basis.dtype).eps
         for p in range(self.P) if only is None else only:
             self.full_passes += 1
             Q = self.basis[:upto, p]                                       # (upto, dim)
@@ -179,15 +189,26 @@ class _LanczosRun:
                 norms2[p], last[p], extra = orthogonalize_streamed(self._streamer, Q, w[p])
                 self.second_passes += extra
                 continue
+            c = project64(Q, w[p])                                         # (upto,) float64
+            if alpha is not None:
+                before = float(dot64(w[p:p + 1], w[p:p + 1])[0])
+                after = before - float(c.square().sum())
+                beta = after ** 0.5 if after > 0 else 0.0
+                a = float(alpha[p]) + float(c[-1])
+                if after >= 0.5 * before and beta > 100 * eps * max(float(self.scale[p]), abs(a)):
+                    w[p].addmv_(Q.T, (c * (-1.0 / beta)).to(w.dtype), beta=1.0 / beta)
+                    norms2[p], last[p], normalised[p] = after, float(c[-1]), True
+                    continue
             for attempt in range(2):
-                c = project64(Q, w[p])                                     # (upto,) float64
+                if attempt:
+                    c = project64(Q, w[p])
                 w[p].addmv_(Q.T, c.to(w.dtype), alpha=-1)
                 last[p] += float(c[-1])
                 norms2[p] = float(dot64(w[p:p + 1], w[p:p + 1])[0])
                 if attempt or norms2[p] >= 0.5 * (norms2[p] + float(c.square().sum())):
                     break
                 self.second_passes += 1
-        return norms2, last
+        return norms2, last, normalised
 
     def _partial(self, w: torch.Tensor, j: int, a_dev: torch.Tensor) -> torch.Tensor:
         """Partial re-orthogonalisation (partial_reorth.py): the norms (P,) float64 of the rows of w after
@@ -206,7 +227,7 @@ class _LanczosRun:
             if chosen is None:
                 continue
             if self.host_basis:   # streamed from host memory: against the whole basis
-                again, _ = self._orthogonalize(w, j + 1, only=[p])
+                again, _, _ = self._orthogonalize(w, j + 1, only=[p])
                 norms2[p] = again[p]
                 continue
             self.full_passes += 1
@@ -255,11 +276,13 @@ class _LanczosRun:
                 else:
                     coef = torch.tensor([-float(self.beta[p, j - 1]), -float(a_dev[p])], dtype=w.dtype)
                     w[p].addmv_(self._pair(j, p).T, coef.to(w.device))
+            normalised = [False] * self.P   # rows already divided by beta_j
             if self.reorth == "partial":
                 b_dev = self._partial(w, j, a_dev)
             elif self.reorth:
-                norms2, remainder = self._orthogonalize(w, j + 1)
-                a_dev = a_dev.to(w.dtype).double() + remainder.to(a_dev.device)  # the float32 alpha used above
+                a_dev = a_dev.to(w.dtype).double().cpu()   # the float32 alpha used above
+                norms2, remainder, normalised = self._orthogonalize(w, j + 1, alpha=a_dev)
+                a_dev = a_dev + remainder
                 b_dev = norms2.sqrt()
             else:
                 b_dev = norm64(w)
@@ -281,7 +304,8 @@ class _LanczosRun:
             broke = b <= 100 * eps * self.scale
             for p in range(self.P):
                 if not broke[p]:
-                    w[p].mul_(1.0 / float(b[p]))
+                    if not normalised[p]:
+                        w[p].mul_(1.0 / float(b[p]))
                     continue
                 r = self._restart_vector(p, j + 1) if self.active[p] else None
                 if r is None:
