@@ -49,13 +49,29 @@ def hessian_setup(ctx: Context, model: nn.Module, data: Data):
         budget = resolve_budget(s.memory_budget, ctx.device)
         say(f"spectrum: memory budget for cached gradient graphs: {budget}")
         batches = _hessian_batches(ctx, model, criterion, data, loader, budget)
-        op = curvature_operator(s.matrix, model, criterion, batches, regularizer=regularizer, device=ctx.device,
+        op = curvature_operator(s.matrix, model, criterion, batches, params=s.parameters, regularizer=regularizer,
+                                device=ctx.device,
                                 cache_graph=s.cache_graph_arg(), memory_budget=budget, lean_graphs=s.lean_graphs,
                                 batched_probes=s.batched_probes_arg(), show_progress=cfg.show_progress)
         say(op.cache_report)
         return op
 
     return get_op, loss_fn, loader
+
+
+def coverage_text(op, parameters: str) -> str:
+    """``"over 461,594 of 463,866 trainable parameters (left out: 2,272 in 31 norm layers; ...)"``: which
+    parameters the operator (or the operator a ``RestrictedOperator`` restricts) differentiates, and what
+    its parameter set (``spectrum.parameters``) leaves out, so a smaller D is never unexplained."""
+    base = getattr(op, "op", op)
+    total = getattr(base, "trainable_numel", None)
+    if total is None:
+        return f"over {op.dim:,} parameters"
+    kept = f" kept (of {base.dim:,})" if base is not op else ""
+    if not base.left_out_summary:
+        return f"over {op.dim:,}{kept} parameters (every trainable one)"
+    why = "; the paper's convention; spectrum.parameters=all includes them" if parameters == "prunable" else ""
+    return f"over {op.dim:,}{kept} of {total:,} trainable parameters (left out: {base.left_out_summary}{why})"
 
 
 def _hessian_batches(ctx: Context, model: nn.Module, criterion, data: Data, loader, budget):
@@ -71,7 +87,8 @@ def _hessian_batches(ctx: Context, model: nn.Module, criterion, data: Data, load
     size = s.hessian_batch_size
     samples = len(data.train_eval) // dist.world_size()
     if size is None:
-        probe = curvature_operator(s.matrix, model, criterion, [next(iter(loader))], device=ctx.device,
+        probe = curvature_operator(s.matrix, model, criterion, [next(iter(loader))], params=s.parameters,
+                                   device=ctx.device,
                                    memory_budget=budget, lean_graphs=s.lean_graphs)
         per_sample = (probe.graph_bytes_first - probe.gradient_bytes) / probe.local_count
         del probe

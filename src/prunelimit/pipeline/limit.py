@@ -18,7 +18,8 @@ from prunelimit import dist
 from prunelimit.errors import PrunelimitError
 from prunelimit.pipeline import stages
 from prunelimit.pipeline.common import Context, Data, eval_loader, evaluator, say, timed
-from prunelimit.pipeline.hessian import hessian_setup, loss_tolerance, width_measure  # noqa: F401 (re-exported)
+from prunelimit.pipeline.hessian import (coverage_text, hessian_setup, loss_tolerance,  # noqa: F401 (re-exported)
+                                         width_measure)
 from prunelimit.pipeline.results import LimitResult, RowsResult, SpectrumResult, SweepResult
 from prunelimit.pipeline.stages import StageUnit
 from prunelimit.runs import paths
@@ -130,7 +131,7 @@ def compute_spectrum(ctx: Context, op, files: tuple[str, str, str, str], what: s
     if steps < s.lanczos_iter:
         say(f"{what}: lanczos_iter {s.lanczos_iter} exceeds the {matrix}'s dimension {op.dim}; using {steps}")
     # SLQ runs its probes in lock-step: the basis holds all of them (probes x steps x dim)
-    say(f"{what}: {matrix} over {op.dim:,} parameters; "
+    say(f"{what}: {matrix} {coverage_text(op, s.parameters)}; "
         f"{memory_message(op.dim, steps, op.dtype, probes=s.lanczos_num)}")
     basis_device, why = resolve_basis_device(s.basis_device, op.device,
                                              memory_estimate(op.dim, steps, op.dtype, probes=s.lanczos_num))

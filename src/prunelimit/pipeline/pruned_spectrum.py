@@ -107,12 +107,15 @@ def _operator_masks(op, model: nn.Module, masks: dict) -> dict:
     """The masks under the operator's parameter names (aliases and wrapper prefixes resolved); masks of
     parameters the operator does not differentiate are refused by name."""
     from prunelimit.pruning.names import canonical_masks
+    from prunelimit.spectrum.parameters import parameter_kind, why_left_out
 
     canonical = canonical_masks(model, masks)
     outside = sorted(set(canonical) - set(op.param_names))
     if outside:
-        raise PrunelimitError(f"spectrum.masks masks {outside[:4]}, which the Hessian does not cover (it takes the "
-                              f"weights and biases of conv/linear-type layers, e.g. {op.param_names[:3]}); "
-                              f"use masks of those layers only")
+        raise PrunelimitError(f"spectrum.masks masks {outside[:4]}, which the Hessian does not cover "
+                              f"({outside[0]!r} is {why_left_out(parameter_kind(model, outside[0]))}: "
+                              f"spectrum.parameters=prunable, the paper's convention, takes the weights and biases "
+                              f"of prunable layers only); set spectrum.parameters=all to include it, or use masks "
+                              f"of those layers only")
     return canonical
 

@@ -9,6 +9,7 @@ CACHE_GRAPH_MODES = ("auto", "true", "false")
 BATCHED_PROBES_MODES = ("auto", "true", "false")
 MATRICES = ("hessian", "gauss_newton")
 BASIS_DEVICES = ("auto", "same", "cpu")
+PARAMETER_SETS = ("prunable", "all")   # which parameters the Hessian differentiates (spectrum/parameters.py)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class SpectrumConfig:
                                      # a row at a time) or "auto" (host memory when the GPU lacks free room)
     masks: str | None = None         # a mask file (.safetensors; .npy needs --allow-pickle): also the spectrum
                                      # of the Hessian restricted to the weights it keeps (spectrum_pruned.json)
+    parameters: str = "prunable"     # what the Hessian differentiates: "prunable" (the paper's convention: weights
+                                     # and biases of prunable layers; norm layers, embeddings and weights tied to
+                                     # an embedding left out) or "all" (every trainable parameter)
 
     def __post_init__(self):
         def positive_int(key: str, minimum: int = 1):
@@ -104,6 +108,11 @@ class SpectrumConfig:
         if self.masks is not None and not (isinstance(self.masks, str) and self.masks.strip()):
             raise PrunelimitError(f"spectrum.masks={self.masks!r} must be the path of a mask file "
                                   f"(e.g. run/gp/weight_mask.safetensors) or null")
+
+        if self.parameters not in PARAMETER_SETS:
+            raise PrunelimitError(f"spectrum.parameters={self.parameters!r} is not one of {PARAMETER_SETS} (prunable: "
+                                  f"the weights and biases of prunable layers, the paper's convention; all: every "
+                                  f"trainable parameter, norm layers and embeddings included)")
 
     def cache_graph_arg(self) -> bool | str:
         """The value HessianOperator(cache_graph=...) expects."""

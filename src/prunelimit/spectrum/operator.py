@@ -44,19 +44,14 @@ from torch import nn
 from tqdm import tqdm
 
 from prunelimit import dist
-from prunelimit.pruning.prunable import layer_parameters
 from prunelimit.pruning.names import unwrap_model
 from prunelimit.spectrum.second_order import missing_derivative, second_order_forward
 from prunelimit.train.batches import ModelLoss, batch_size, call_model, split_batch, to_device
 from prunelimit.errors import PrunelimitError
 from prunelimit.spectrum.memory import GraphMeter, MemoryBudget, format_bytes, resolve_budget
+from prunelimit.spectrum.parameters import (describe_left_out, hessian_parameters, left_out_parameters,  # noqa: F401
+                                           resolve_params, trainable_numel)
 
-
-
-def hessian_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """Weights and biases of every prunable layer type (conv, linear, attention projections, ...; see
-    ``pruning.prunable``): the layers pruning covers. Norm layers and embedding tables are excluded."""
-    return [(n, p) for n, p in layer_parameters(model) if p.requires_grad]
 
 
 @contextlib.contextmanager
@@ -119,12 +114,18 @@ class HessianOperator:
     model is differentiated through its plain module. Under DDP each rank passes
     its own shard; HVPs and counts are summed over ranks so every rank sees the full-data H v.
     Random augmentation in ``batches`` changes H between passes: use deterministic transforms.
+
+    Which parameters (``params``; ``spectrum/parameters.py``): by default the weights and biases of the
+    prunable layer types, the paper's convention — norm layers, embedding tables and a weight tied to an
+    embedding are left out, and a warning says how many (``op.left_out`` names them). ``params="all"``:
+    every trainable parameter; ``"prunable"``: the default set without the warning; or a list of
+    ``(name, parameter)`` pairs (``model.named_parameters()``) or plain parameters of the model.
     """
 
     lean_graphs = True  # build graphs under LeanGraphMode; a subclass with False uses PyTorch's plain ones
 
     def __init__(self, model: nn.Module, loss_fn: Callable, batches: Iterable, *,
-                 params: Sequence[tuple[str, nn.Parameter]] | None = None,
+                 params: Sequence[tuple[str, nn.Parameter]] | Sequence[nn.Parameter] | str | None = None,
                  regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
                  device: torch.device | str | None = None, cache_graph: bool | str = "auto",
                  memory_budget: int | float | str | MemoryBudget | None = None,
@@ -140,10 +141,10 @@ class HessianOperator:
         batch's forward and first-order backward; ``cache_report`` says which was chosen."""
         # DDP's hooks do not support double backward, nor does a compiled graph: use the plain module
         model = unwrap_model(model)
-        named = hessian_parameters(model) if params is None else list(params)
+        named, by_default = resolve_params(model, params)
         if not named:
-            what = ("has no trainable Conv1d/Conv2d/Linear parameters" if params is None
-                    else "was given an empty params list")
+            what = ("has no trainable Conv1d/Conv2d/Linear parameters" if params is None or params == "prunable"
+                    else "has no trainable parameters" if params == "all" else "was given an empty params list")
             raise PrunelimitError(f"model {type(model).__name__} {what}, so there is no Hessian to take; pass "
                              "params=[(name, parameter), ...] with the parameters to differentiate")
         for name, p in named:
@@ -164,6 +165,7 @@ class HessianOperator:
         self.regularizer = regularizer
         self.param_names = [n for n, _ in named]
         self.params = [p for _, p in named]
+        self._note_left_out(model, by_default)
         self.shapes = [p.shape for p in self.params]
         self.sizes = [p.numel() for p in self.params]
         self.dim = sum(self.sizes)
@@ -189,6 +191,22 @@ class HessianOperator:
             self._build(cache_graph)
 
     # ------------------------------------------------------------------ construction
+    def _note_left_out(self, model: nn.Module, by_default: bool) -> None:
+        """``left_out`` (names), ``left_out_summary`` and ``trainable_numel``; the default parameter set says
+        in a warning what it leaves out (a set the caller chose is taken as meant)."""
+        self.left_out_parameters = left_out_parameters(model, self.params)
+        self.left_out = [x.name for x in self.left_out_parameters]
+        self.left_out_summary = describe_left_out(self.left_out_parameters)
+        self.trainable_numel = trainable_numel(model)
+        if by_default and self.left_out:
+            covered = sum(p.numel() for p in self.params)
+            warnings.warn(f"{type(self).__name__}: the default parameter set (weights and biases of prunable "
+                          f"layers, the paper's convention) covers {covered:,} of {self.trainable_numel:,} "
+                          f"trainable parameters; left out: {self.left_out_summary} (names in op.left_out). Pass "
+                          f"params='all' to include them, or params='prunable' to keep this set without this "
+                          f"warning", UserWarning,
+                          stacklevel=3 if type(self).__init__ is HessianOperator.__init__ else 4)  # the caller's line
+
     def _batches(self, desc: str, skip: int = 0):
         """Yield (inputs, targets, n) on the operator's device, with an optional progress bar; the
         first ``skip`` batches (the cached ones) are passed over without moving them."""

@@ -14,20 +14,19 @@ import torch
 
 from prunelimit.errors import PrunelimitError
 from prunelimit.spectrum.operator import apply_operator
+from prunelimit.spectrum.parameters import resolve_mask_keys
 
 
 class RestrictedOperator:
     """``RestrictedOperator(op, masks)``: ``op`` a HessianOperator, ``masks`` {parameter name: bool
-    tensor, True = kept} for some of its parameters (the others are kept whole). Has ``dim`` = number
-    of kept coordinates, ``matmat``/``matvec`` and the operator's dtype/device, so ``slq_spectrum`` and
+    tensor, True = kept} for some of its parameters (the others, such as norm layers under
+    ``params="all"``, are kept whole); a tied tensor's mask may be keyed by any of its names. Has
+    ``dim`` = number of kept coordinates, ``matmat``/``matvec`` and the operator's dtype/device, so ``slq_spectrum`` and
     ``top_eigenvalues`` run on it unchanged."""
 
     def __init__(self, op, masks: Mapping[str, torch.Tensor]):
         names = list(op.param_names)
-        unknown = sorted(set(masks) - set(names))
-        if unknown:
-            raise PrunelimitError(f"mask keys {unknown[:4]} are not parameters of the Hessian operator; its "
-                                  f"parameters are named like {names[:4]}")
+        masks = resolve_mask_keys(op, masks)   # either name of a tied tensor; a left-out one says why
         parts = []
         for name, shape in zip(names, op.shapes):
             keep = masks.get(name)

@@ -15,6 +15,7 @@ from torch import nn
 
 from prunelimit.pruning.prunable import prunable_parameters
 from prunelimit.spectrum.operator import apply_operator
+from prunelimit.spectrum.parameters import parameter_kind, why_left_out
 from prunelimit.errors import PrunelimitError
 
 
@@ -64,9 +65,10 @@ def hessian_row_norms(op, model: nn.Module, *, quantiles: int = 100, include=Non
     offsets = op.offsets()
     for name, p in prunable:
         if id(p) not in offsets:
-            raise PrunelimitError(f"prunable weight {name!r} is not among the Hessian operator's parameters; "
-                             "build HessianOperator with params that include it (the default covers "
-                             "conv/linear weights and biases)")
+            raise PrunelimitError(f"prunable weight {name!r} is not among the Hessian operator's parameters (it is "
+                                  f"{why_left_out(parameter_kind(model, name))}, which the default set leaves out); "
+                                  f"build the operator with params='all' (config: spectrum.parameters=all) or "
+                                  f"params that include it")
     # |w| of all prunable weights in module order (N,), sorted once.
     mags = torch.cat([p.detach().abs().reshape(-1).double().cpu() for _, p in prunable])
     N = mags.numel()
