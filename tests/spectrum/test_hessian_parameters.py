@@ -12,7 +12,7 @@ from torch import nn
 import helpers
 from prunelimit import global_magnitude_masks
 from prunelimit.errors import PrunelimitError
-from prunelimit.spectrum import GaussNewtonOperator, HessianOperator, RestrictedOperator
+from prunelimit.spectrum import GaussNewtonOperator, HessianOperator, RestrictedOperator, hessian_row_norms
 
 
 def bn_mlp() -> nn.Sequential:
@@ -100,6 +100,11 @@ def test_plain_parameters_are_named_from_the_model_and_anything_else_is_one_line
         assert "\n" not in str(err.value)
     with pytest.raises(PrunelimitError, match=r"params='every' is not one of \('prunable', 'all'\)"):
         HessianOperator(net, nn.functional.cross_entropy, batches, params="every")
+    for bad in (5, net[0].weight):
+        with pytest.raises(PrunelimitError, match=r"is not a list; pass params=list\(model.named_parameters\(\)\)"):
+            HessianOperator(net, nn.functional.cross_entropy, batches, params=bad)
+    as_dict = HessianOperator(net, nn.functional.cross_entropy, batches, params=dict(net.named_parameters()))
+    assert as_dict.param_names == plain.param_names
 
 
 class TiedNormLM(helpers.TiedLM):
@@ -184,3 +189,21 @@ def test_masked_spectrum_over_all_parameters_keeps_the_norm_layer_whole():
     H, _ = helpers.explicit_hessian(net, batches)
     V = torch.randn(3, sub.dim, dtype=torch.float64)
     torch.testing.assert_close(sub.matmat(V), V @ H[kept][:, kept], rtol=1e-9, atol=1e-11)
+
+
+def test_hessian_rows_of_a_norm_weight_need_params_all_and_then_match_the_explicit_hessian():
+    net, batches = bn_mlp(), batches_for()
+    with pytest.warns(UserWarning):
+        default = HessianOperator(net, nn.functional.cross_entropy, batches)
+    # include="1" opts the BatchNorm's weight into the prunable set; the default operator does not cover it
+    with pytest.raises(PrunelimitError, match="'1.weight' is not among .* a norm-layer parameter.*params='all'"):
+        hessian_row_norms(default, net, quantiles=4, include=["1", "3"])
+    op = HessianOperator(net, nn.functional.cross_entropy, batches, params="all")
+    res = hessian_row_norms(op, net, quantiles=4, include=["1", "3"])
+    H, _ = helpers.explicit_hessian(net, batches)
+    torch.testing.assert_close(res.row_l1, H[res.coordinate].abs().sum(dim=1), rtol=1e-9, atol=1e-12)
+    assert {n for n in res.param_name} <= {"1.weight", "3.weight"}
+    names = [n for n, _ in net.named_parameters()]
+    starts = dict(zip(names, torch.tensor([0] + [p.numel() for p in net.parameters()]).cumsum(0).tolist()))
+    for name, index, coord in zip(res.param_name, res.index.tolist(), res.coordinate.tolist()):
+        assert coord == starts[name] + index                       # the operator's flat order is the model's

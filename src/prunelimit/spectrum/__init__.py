@@ -11,7 +11,8 @@ from prunelimit.spectrum.eigen import hessian_trace, top_eigenvalues
 from prunelimit.spectrum.lanczos import (LanczosInfo, format_bytes, lanczos_tridiagonal, memory_estimate,
                                          memory_message, rademacher, slq_spectrum, tridiagonal_eigh)
 from prunelimit.spectrum.memory import MemoryBudget, resolve_budget
-from prunelimit.spectrum.operator import HessianOperator, MatrixOperator, hessian_parameters
+from prunelimit.spectrum.operator import HessianOperator, MatrixOperator
+from prunelimit.spectrum.parameters import hessian_parameters
 from prunelimit.spectrum.plots import plot_density, plot_row_norms
 from prunelimit.spectrum.restricted import RestrictedOperator
 from prunelimit.spectrum.rows import RowNormResult, hessian_row_norms

@@ -7,13 +7,13 @@ a layer weight tied to an embedding (GPT-2's ``lm_head`` *is* ``transformer.wte`
 parameter that belongs to no prunable layer (a ViT's ``pos_embed``, a PReLU slope). ``"all"`` takes
 every trainable parameter of the model, each tied tensor once.
 
-An explicit list may hold ``(name, parameter)`` pairs (``model.named_parameters()``) or plain
-parameters of the model (``model.parameters()``), which are named by looking them up in the model.
+An explicit list may hold ``(name, parameter)`` pairs (``model.named_parameters()``, or a dict of them) or
+plain parameters of the model (``model.parameters()``), which are named by looking them up in the model.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -50,6 +50,11 @@ def resolve_params(model: nn.Module, params) -> tuple[list[tuple[str, nn.Paramet
         return hessian_parameters(model), True
     if isinstance(params, str):
         return hessian_parameters(model, params), False
+    if isinstance(params, Mapping):   # dict(model.named_parameters())
+        params = list(params.items())
+    if isinstance(params, torch.Tensor) or not isinstance(params, Iterable):
+        raise PrunelimitError(f"params={_short(params)} is not a list; pass params=list(model.named_parameters()) "
+                              f"(name, parameter pairs), plain parameters of the model, or 'all' / 'prunable'")
     named_by_id = {id(p): n for n, p in unwrap_model(model).named_parameters()}
     out = []
     for i, entry in enumerate(params):
