@@ -34,3 +34,26 @@ def test_bound_is_tight_for_a_single_eigenvalue_and_absent_for_a_negative_trace(
     assert bound.limit == pytest.approx(slq.limit, abs=1e-9)
     none = trace_bound_limit(-3.0, 500, eps, radius)
     assert none.limit is None and "not positive" in none.reason
+
+
+def test_spectrum_traces_reads_negative_mass_and_abs_trace_from_the_slq_measure():
+    from prunelimit.limit.trace_bound import spectrum_traces
+
+    # weights given unnormalised (sum 2): normalised 0.2, 0.3, 0.5
+    traces = spectrum_traces([-2.0, 1.0, 3.0], [0.4, 0.6, 1.0], dim=10)
+    assert traces.negative_weight == pytest.approx(0.2)
+    assert traces.abs_trace == pytest.approx(10 * (0.2 * 2 + 0.3 * 1 + 0.5 * 3))
+    # rounding-level negatives of a PSD matrix (1e-9 of the top) are not negative curvature
+    assert spectrum_traces([-1e-9, 0.5, 1.0], [1, 1, 1], dim=3).negative_weight == 0.0
+
+
+def test_the_signed_trace_overshoots_an_indefinite_spectrum_and_abs_trace_does_not():
+    from prunelimit.limit.trace_bound import spectrum_traces
+
+    nodes, weights, eps, dim = [-5.0, 5.1], [0.5, 0.5], 0.02, 10_000
+    slq = predict_limit(nodes, weights, eps, radius, tol=1e-9)
+    signed = trace_bound_limit(dim * float(np.dot(nodes, weights)), dim, eps, radius, tol=1e-9)   # Tr H
+    by_abs = trace_bound_limit(spectrum_traces(nodes, weights, dim).abs_trace, dim, eps, radius, tol=1e-9)
+    assert signed.limit > slq.limit + 0.1        # Tr H << Tr|H|: the "bound" lies far above the prediction
+    assert by_abs.limit <= slq.limit + 1e-9      # Jensen on |λ|: at or below it (tight: |λ| nearly equal)
+    assert by_abs.limit == pytest.approx(slq.limit, abs=2e-3)

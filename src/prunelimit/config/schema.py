@@ -119,6 +119,11 @@ class RunConfig:
             raise PrunelimitError("data.use_full_data: false keeps one minibatch for the Hessian and epsilon, but "
                                   "limit.epsilon: loss_std is the std of the loss over minibatches and needs at least "
                                   "two; set limit.epsilon to a number (e.g. 0.01) or data.use_full_data: true")
+        if (limit_runs and self.spectrum.hessian_batch_size is not None and self.data is not None
+                and not self.data.use_full_data):   # pipeline/hessian.py would never read it
+            raise PrunelimitError(f"spectrum.hessian_batch_size={self.spectrum.hessian_batch_size} re-batches the full "
+                                  f"training set, but data.use_full_data: false takes the Hessian on one training "
+                                  f"batch as it is; remove spectrum.hessian_batch_size or set data.use_full_data: true")
         if limit_runs and st.sweep and lc.rule == "loss_increase" and not lc.sweep_train:
             raise PrunelimitError("limit.rule: loss_increase compares training losses, but limit.sweep_train: false "
                                   "skips them; set sweep_train: true or choose another rule")

@@ -111,7 +111,16 @@ def conventions_line(result: Mapping[str, Any]) -> str:
                          for r, v in result.get("actual", {}).items())
     ddof = result.get("epsilon_ddof")
     return (f"{result.get('loss', 'data')} loss; {readings or 'no actual limits'}"
-            + ("" if ddof is None else f"; eps = std with ddof {ddof}"))
+            + ("" if ddof is None else f"; eps = std with ddof {ddof}") + _matrix_words(result, "; predicted from the "))
+
+
+MATRIX_WORDS = {"gauss_newton": "Gauss-Newton matrix (not the Hessian)"}
+
+
+def _matrix_words(result: Mapping[str, Any], sep: str) -> str:
+    """The curvature matrix behind the prediction, when it is not the paper's Hessian ("" when it is)."""
+    words = MATRIX_WORDS.get(result.get("matrix") or "hessian")
+    return f"{sep}{words}" if words else ""
 
 
 def _txt(v: float | None) -> str:
@@ -152,7 +161,8 @@ def result_txt(result: Mapping[str, Any]) -> str:
     return (f"important ev rate: {_txt(result['important_ev_rate'])}\n"
             f"predicted maximum pruning ratio: {_limit_txt(predicted['prune_fraction'], predicted.get('reason'))}\n"
             f"actual maximum pruning ratio: {actual_txt}\n"
-            f"conventions: loss {result.get('loss', 'data')}, actual = rule {ORIGINAL_RULE} read as {reading}\n")
+            f"conventions: loss {result.get('loss', 'data')}, actual = rule {ORIGINAL_RULE} read as {reading}"
+            f"{_matrix_words(result, ', predicted from the ')}\n")
 
 
 def write_result_files(out_dir: str | os.PathLike, result: Mapping[str, Any]) -> tuple[Path, Path] | None:

@@ -74,6 +74,9 @@ def coverage_text(op, parameters: str) -> str:
     return f"over {op.dim:,}{kept} of {total:,} trainable parameters (left out: {base.left_out_summary}{why})"
 
 
+SMALL_BATCH_RATIO = 4   # Hessian batches this many times below the training batch get a warning
+
+
 def _hessian_batches(ctx: Context, model: nn.Module, criterion, data: Data, loader, budget):
     """The Hessian's batches: with full data, re-batched for speed (the same H, fewer and larger
     batches: ``spectrum.hessian_batch_size``, or the largest the memory budget allows, measured on one
@@ -95,6 +98,13 @@ def _hessian_batches(ctx: Context, model: nn.Module, criterion, data: Data, load
         size = hessian_batch_size(per_sample, budget.bytes, samples)
         say(f"spectrum: Hessian batches of {size} samples per process (a gradient graph takes "
             f"{format_bytes(per_sample)} per sample; epsilon keeps the training batches of {cfg.train.batch_size})")
+        train_batch = cfg.train.batch_size // dist.world_size()
+        if size * SMALL_BATCH_RATIO <= train_batch:
+            say(f"warning: spectrum.memory_budget ({format_bytes(budget.bytes)}) forces Hessian batches of {size} "
+                f"samples, {train_batch // size}x smaller than the training batch of {train_batch}: "
+                f"{math.ceil(samples / size):,} batches, the uncached ones recomputed in every HVP, are far slower "
+                f"than a few large ones; raise spectrum.memory_budget (e.g. '6GiB', or a fraction such as 0.5) or set "
+                f"spectrum.hessian_batch_size")
     return eval_loader(cfg, data.train_eval, size * dist.world_size(), ctx.device, evaluation=False)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import shutil
+import warnings
 
 import torch
 from torch import nn
@@ -104,8 +105,31 @@ class SpectrumStage(StageUnit):
     def marker(self, result):
         return {"dim": result.dim, "top_eigenvalue": list(result.top_eigenvalues[:1])}
 
+    def before_start(self):
+        check_spectrum_sizes(self.ctx.cfg.spectrum, self.get_op().dim)
+
     def run(self):
         return compute_spectrum(self.ctx, self.get_op(), SPECTRUM_FILES)
+
+
+def check_spectrum_sizes(s, dim: int) -> None:
+    """Refuse Lanczos steps or top eigenvalues beyond the matrix's dimension D (known once the operator
+    is built), before any Hessian-vector product: a silent clamp to D would start a D-step run (at
+    D = 50 610, a 9.5 GiB basis and 50 610 HVPs) that no one asked for."""
+    matrix = MATRIX_WORDS[s.matrix]
+    for key, value in (("lanczos_iter", s.lanczos_iter), ("top_k", s.top_k)):
+        if value > dim:
+            raise PrunelimitError(f"spectrum.{key}={value} exceeds the {matrix}'s dimension D={dim:,} (it has "
+                                  f"only D eigenvalues and D Lanczos steps); set spectrum.{key} to at most {dim}")
+
+
+MATRIX_WORDS = {"hessian": "Hessian", "gauss_newton": "Gauss-Newton matrix"}
+
+
+def top_k_steps(k: int, dim: int) -> int:
+    """Lanczos steps allowed for the top ``k`` eigenvalues: the library's 100, or 3k for a large k (the
+    top k Ritz values need a Krylov space well past k to converge), at most D."""
+    return min(dim, max(100, 3 * k))
 
 
 # (spectrum json, density csv, density figure, Lanczos state folder) of the dense spectrum
@@ -126,7 +150,7 @@ def compute_spectrum(ctx: Context, op, files: tuple[str, str, str, str], what: s
     cfg, out = ctx.cfg, ctx.run.sub(paths.LIMIT)
     json_name, csv_name, png_name, state_name = files
     s = cfg.spectrum
-    matrix = {"hessian": "Hessian", "gauss_newton": "Gauss-Newton matrix"}[s.matrix]
+    matrix = MATRIX_WORDS[s.matrix]
     steps = min(s.lanczos_iter, op.dim)
     if steps < s.lanczos_iter:
         say(f"{what}: lanczos_iter {s.lanczos_iter} exceeds the {matrix}'s dimension {op.dim}; using {steps}")
@@ -147,8 +171,18 @@ def compute_spectrum(ctx: Context, op, files: tuple[str, str, str, str], what: s
                                   checkpoint=ckpt.child("slq") if ckpt else None,
                                   reorthogonalize=s.reorthogonalize, basis_device=basis)
     k = min(s.top_k, op.dim)
-    top = (top_eigenvalues(op, k, seed=seed, checkpoint=ckpt.child("top") if ckpt else None,
-                           basis_device=basis)[0] if k > 0 else torch.empty(0))
+    with warnings.catch_warnings(record=True) as unconverged:   # said in the config's words below
+        warnings.simplefilter("always", RuntimeWarning)
+        top = (top_eigenvalues(op, k, max_iter=top_k_steps(k, op.dim), seed=seed,
+                               checkpoint=ckpt.child("top") if ckpt else None, basis_device=basis)[0]
+               if k > 0 else torch.empty(0))
+    for w in unconverged:
+        if "Lanczos steps" in str(w.message):
+            say(f"warning: {what}: the top {k} eigenvalues did not all converge within {top_k_steps(k, op.dim)} "
+                f"Lanczos steps (3 x spectrum.top_k, at least 100, at most D): the smallest of them are approximate; "
+                f"a smaller spectrum.top_k converges sooner")
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     trace, trace_err = hessian_trace(op, s.trace_samples, seed=seed) if s.trace_samples > 0 else (None, None)
     sigma = s.density_sigma or default_sigma(nodes)
     grid, density = spectral_density(nodes, weights, sigma=sigma, num_points=s.density_points)
@@ -227,7 +261,6 @@ class LimitStage(StageUnit):
         from prunelimit.limit.plots import plot_sweep, plot_width
         from prunelimit.limit.results import build_result, conventions_line, write_result_files
         from prunelimit.limit.rules import LOSS_COLUMN
-        from prunelimit.limit.trace_bound import trace_bound_limit
 
         cfg, out, ordering, spectrum = self.ctx.cfg, self.out, self.ordering, self.spectrum
         lc = cfg.limit
@@ -235,11 +268,8 @@ class LimitStage(StageUnit):
         nodes, weights = width_measure(cfg.spectrum, spectrum)
         prediction = predict_limit(nodes, weights, eps, ordering, flat_fraction=self.rows.flat_fraction,
                                    integer_R=lc.integer_R)
-        bound = None
-        if spectrum.trace is not None:   # spectrum-free lower bound from Tr H (limit/trace_bound.py)
-            bound = trace_bound_limit(spectrum.trace, spectrum.dim, eps, ordering, integer_R=lc.integer_R)
-            say("trace bound (Jensen, derived in this project, not the paper; a lower bound on the predicted "
-                "limit when H is PSD): " + (f"p >= {bound.limit:.4f}" if bound.limit is not None else bound.reason))
+        bounds = trace_bounds(cfg, spectrum, eps, ordering)
+        say(trace_bound_line(bounds))
         rows = list(self.sweep.rows)
         base = rows[0]
         limits = rule_limits(rows, baseline=base["test_acc"], delta=lc.delta, epsilon=eps, loss=lc.loss)
@@ -249,8 +279,9 @@ class LimitStage(StageUnit):
                                      "baseline_test_acc": base["test_acc"],
                                      "baseline_train_loss": base.get(LOSS_COLUMN[lc.loss]),
                                      "lanczos_iter": spectrum.lanczos_iter, "hessian_dim": spectrum.dim,
-                                     "trace_bound_limit": None if bound is None else bound.limit,
-                                     "trace_bound_reason": None if bound is None else bound.reason})
+                                     "matrix": cfg.spectrum.matrix, **bounds,
+                                     # which spectrum this is: a later `prunelimit spectrum` may replace it
+                                     "spectrum_sha256": stages.file_digest(out / paths.SPECTRUM_JSON)})
         actual = {r: v["prune_fraction"] for r, v in record["actual"].items()}
         title = f"{cfg.model.name} on {cfg.data.dataset}: {conventions_line(record)}"  # figures say what they show
         if dist.is_main():
@@ -258,6 +289,54 @@ class LimitStage(StageUnit):
             plot_sweep(out / paths.SWEEP_PNG, rows, prediction, actual, conventions=title, delta=lc.delta)
             plot_width(out / paths.WIDTH_PNG, prediction, ordering, actual, conventions=title, delta=lc.delta)
         return LimitResult.from_json(record)
+
+
+def trace_bounds(cfg, spectrum: SpectrumResult, eps: float, ordering) -> dict:
+    """The Jensen bounds on the predicted limit (limit/trace_bound.py) as result.json records them: from
+    Hutchinson's Tr H (spectrum-free; guaranteed only when H has no negative curvature, which the SLQ
+    spectrum tells) and from the SLQ's own Tr|H| (always at or below the SLQ prediction)."""
+    from prunelimit.limit.trace_bound import spectrum_traces, trace_bound_limit
+
+    integer_R = cfg.limit.integer_R
+    slq = spectrum_traces(spectrum.nodes, spectrum.weights, spectrum.dim)
+    from_abs = trace_bound_limit(slq.abs_trace, spectrum.dim, eps, ordering, integer_R=integer_R)
+    out = {"trace_hutchinson": spectrum.trace, "trace_bound_limit": None, "trace_bound_reason": None,
+           "trace_bound_guaranteed": None, "slq_negative_weight": slq.negative_weight,
+           "slq_abs_trace": slq.abs_trace, "abs_trace_bound_limit": from_abs.limit}
+    if spectrum.trace is None:
+        out["trace_bound_reason"] = "no Hutchinson trace (spectrum.trace_samples=0)"
+        return out
+    from_trace = trace_bound_limit(spectrum.trace, spectrum.dim, eps, ordering, integer_R=integer_R)
+    out.update(trace_bound_limit=from_trace.limit, trace_bound_reason=from_trace.reason,
+               trace_bound_guaranteed=from_trace.limit is not None
+               and (cfg.spectrum.matrix == "gauss_newton" or slq.negative_weight == 0))   # G is PSD
+    return out
+
+
+def trace_bound_line(record, matrix: str | None = None) -> str:
+    """The trace bound in words, from result.json's fields (``record``: a dict or a ``LimitResult``)."""
+    get = record.get if isinstance(record, dict) else lambda key: getattr(record, key, None)
+    symbol = "G" if (matrix or get("matrix")) == "gauss_newton" else "H"
+    parts = []
+    trace, limit = get("trace_hutchinson"), get("trace_bound_limit")
+    if limit is not None:
+        text = f"p >= {limit:.4f} from Hutchinson's Tr {symbol}" + ("" if trace is None else f" = {trace:.4g}")
+        negative = get("slq_negative_weight") or 0.0
+        if symbol == "G":
+            text += " (G is PSD by construction: Tr G = Tr|G|)"
+        elif negative > 0:
+            text += (f", NOT guaranteed: the SLQ puts {negative:.1%} of its weight on negative eigenvalues (H is "
+                     f"indefinite, Tr H < Tr|H|)")
+        else:
+            text += " (the SLQ shows no negative eigenvalue, so Tr H = Tr|H|)"
+        parts.append(text)
+    elif get("trace_bound_reason"):
+        parts.append(get("trace_bound_reason"))
+    if get("slq_abs_trace") is not None:
+        abs_limit = get("abs_trace_bound_limit")
+        parts.append(f"from the SLQ's Tr|{symbol}| = {get('slq_abs_trace'):.4g}: "
+                     + ("no bound" if abs_limit is None else f"p >= {abs_limit:.4f}"))
+    return "trace bound (Jensen, derived in this project, not the paper; a lower bound on the prediction given Tr|H|): " + "; ".join(parts)
 
 
 def run_limit(ctx: Context, model: nn.Module, data: Data) -> LimitResult | None:

@@ -210,6 +210,13 @@ class LimitResult(JsonResult):
     hessian_dim: int | None = None
     trace_bound_limit: float | None = None
     trace_bound_reason: str | None = None
+    matrix: str | None = None                     # "hessian" or "gauss_newton"; None: written before the key
+    trace_hutchinson: float | None = None         # the Tr H the trace bound used
+    trace_bound_guaranteed: bool | None = None    # false: the SLQ shows negative curvature (Tr H < Tr|H|)
+    slq_negative_weight: float | None = None      # SLQ weight on eigenvalues below -1e-4 x max|θ|
+    slq_abs_trace: float | None = None            # Tr|H| = D Σ w |θ| from the SLQ spectrum
+    abs_trace_bound_limit: float | None = None    # the trace bound from slq_abs_trace
+    spectrum_sha256: str | None = None            # the limit/spectrum.json the prediction was made from
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -56,7 +56,10 @@ class StageUnit:
       they no longer hold it (weights not kept, a table of an older layout), so it is computed again;
     - ``unmarked()`` (optional): a result that is not this stage's product and is returned without any
       marker (the ``prune`` command's random initial weights), else None;
-    - ``marker(result)`` (optional): the marker's record, by default ``result.to_json()``.
+    - ``marker(result)`` (optional): the marker's record, by default ``result.to_json()``;
+    - ``before_start()`` (optional): checks that need the stage's inputs (a size known only once the
+      model is built) and refuse it before its started marker is written, so fixing the setting and
+      rerunning is not refused as a resume under other settings.
 
     ``StageRunner.drive`` decides which of them runs."""
 
@@ -74,6 +77,9 @@ class StageUnit:
 
     def marker(self, result) -> dict:
         return result.to_json()
+
+    def before_start(self) -> None:
+        return None
 
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, per process
@@ -192,6 +198,7 @@ class StageRunner:
         untracked = unit.unmarked()
         if untracked is not None:
             return untracked
+        unit.before_start()
         self.start(stage)
         result = unit.run()
         seconds = round(time.perf_counter() - began, 3)

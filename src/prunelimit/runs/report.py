@@ -19,6 +19,11 @@ LOSS_WORDS = {"data": "data loss = the criterion alone, without the L1 term",
               "regularized": "regularised loss = criterion + lambda * ||theta||_1, as the original"}
 
 
+# the prediction's label when the curvature is not the Hessian's (the paper's): a Gauss-Newton
+# prediction must not read like a Hessian one
+MATRIX_LABELS = {"gauss_newton": ", Gauss-Newton matrix"}
+
+
 def rule_title(rule: str, reading: str | None, *, delta=None, loss: str = "data") -> str:
     """The words for one rule in one reading, e.g. "largest p with test acc > unpruned (original rule)"."""
     points = "delta points" if delta is None else f"{delta:g} point" + ("" if delta == 1 else "s")
@@ -35,7 +40,7 @@ def _limit_lines(lim: LimitResult) -> list[str]:
         # results written before readings existed: each rule was read its default way
         return v.reading or DEFAULT_READING.get(rule)
 
-    table = [("predicted (Gaussian width fixed point)", pred)]
+    table = [(f"predicted (Gaussian width fixed point{MATRIX_LABELS.get(lim.matrix, '')})", pred)]
     table += [(f"actual: {rule_title(rule, reading_of(v, rule), delta=delta, loss=loss)}", v)
               for rule, v in actual.items()]
     width = max(len(label) for label, _ in table)
@@ -57,6 +62,10 @@ def _limit_lines(lim: LimitResult) -> list[str]:
     lines.append(f"  eps {lim.eps or 0:.4g}" + ("" if ddof is None else f" (std, ddof {ddof}, of the per-batch "
                                                    f"train {loss} loss)")
                  + f", flat fraction q {lim.important_ev_rate or 0:.2f}")
+    if lim.trace_bound_limit is not None or lim.slq_abs_trace is not None or lim.trace_bound_reason:
+        from prunelimit.pipeline.limit import trace_bound_line
+
+        lines.append(f"  {trace_bound_line(lim)}")
     lines.append(f"  loss convention: {LOSS_WORDS.get(loss, loss)}")
     return lines
 
@@ -103,6 +112,22 @@ def _pruned_spectrum_lines(run_dir: str | None) -> list[str]:
     return lines
 
 
+def _stale_spectrum_note(s: RunSummary) -> str | None:
+    """A note when the limit section was predicted from another spectrum than the run's current
+    ``limit/spectrum.json`` (a later ``prunelimit spectrum`` recomputed it; the limit stage did not run)."""
+    from prunelimit.pipeline.stages import file_digest
+
+    used = s.limit.spectrum_sha256
+    if not (used and s.run_dir):
+        return None   # a result written before the digest was kept: nothing to compare
+    current = file_digest(Path(s.run_dir) / paths.LIMIT / paths.SPECTRUM_JSON)
+    if current == used:
+        return None
+    return ("  (from an EARLIER spectrum: limit/spectrum.json has been "
+            + ("removed" if current is None else "recomputed") + " since this prediction was made; run "
+            "`prunelimit limit` on this directory to predict from the current one)")
+
+
 def summary_lines(s: RunSummary | Mapping) -> list[str]:
     """The printed summary, from the typed summary (or its ``summary.json`` dict)."""
     s = _typed(s)
@@ -110,7 +135,9 @@ def summary_lines(s: RunSummary | Mapping) -> list[str]:
     if s.dense is not None:
         lines.append(f"  dense model ({s.dense.source}): test top-1 {_pct(s.dense.test_top1)}")
     if s.limit is not None:
-        lines += _limit_lines(s.limit)
+        limit_lines = _limit_lines(s.limit)     # ["", header, rows ...]
+        stale = _stale_spectrum_note(s)
+        lines += limit_lines[:2] + ([stale] if stale else []) + limit_lines[2:]
     lines += _pruned_spectrum_lines(s.run_dir)
     gp = s.gp or {}
     if gp:

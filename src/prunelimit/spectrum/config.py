@@ -84,10 +84,11 @@ class SpectrumConfig:
                                   f"{BATCHED_PROBES_MODES} (auto: the CPU loops over the probes, CUDA vmaps them)")
         object.__setattr__(self, "batched_probes", str(self.batched_probes).lower())
         if self.memory_budget is not None:
-            from prunelimit.spectrum.memory import resolve_budget
+            from prunelimit.spectrum.memory import check_budget_setting, resolve_budget
 
             try:
                 resolve_budget(self.memory_budget, "cpu")  # checks the value; the device's memory is read later
+                check_budget_setting(self.memory_budget)
             except PrunelimitError as err:
                 raise PrunelimitError(f"spectrum.{err}") from None
         if self.hessian_batch_size is not None:

@@ -100,6 +100,27 @@ def resolve_budget(budget: int | float | str | None, device: torch.device) -> Me
     raise PrunelimitError(f"memory_budget={budget!r} must be a size ('6GiB'), bytes >= 1, or a fraction in (0, 1]")
 
 
+# A bare number in a config is a fraction when in (0, 1], else bytes; as bytes, anything below this is a
+# slip (`2` meaning 2 GiB, `1.5` meaning 150 %), not a budget: one digits sample's graph is ~2 KiB, a
+# CIFAR one ~1 MiB, and a budget below one sample re-batches the Hessian into single samples.
+MIN_BARE_BYTES = 2**20
+
+
+def check_budget_setting(budget) -> None:
+    """Refuse a config's bare number that is neither a fraction in (0, 1] nor a plausible byte count
+    (>= 1 MiB); a size with a unit ('64KiB') says what it means and is taken as written."""
+    if budget is None or isinstance(budget, (bool, MemoryBudget)):
+        return
+    try:
+        value = float(budget)   # a plain number, or text of one ('2', '1.5', '1e3'); text with a unit raises
+    except (TypeError, ValueError):
+        return
+    if not (0 < value <= 1) and value < MIN_BARE_BYTES:
+        raise PrunelimitError(f"memory_budget={budget!r} is neither a fraction in (0, 1] of the available memory "
+                              f"nor a byte count of at least 1 MiB; write a size with a unit such as '6GiB' or "
+                              f"'512MiB', or a fraction such as 0.5")
+
+
 def hessian_batch_size(per_sample_bytes: float, budget_bytes: int, samples: int) -> int:
     """Samples per Hessian batch: all of them in one batch when their graphs fit the budget (one
     cached graph is the fastest HVP: on the paper's FC net 4000 MNIST images took 1.5-1.9 s per HVP as
