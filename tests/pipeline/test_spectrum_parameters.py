@@ -39,7 +39,7 @@ def test_the_spectrum_line_names_the_left_out_norm_layers_and_all_includes_them(
     assert (f"spectrum: Hessian over {total - in_norms:,} of {total:,} trainable parameters (left out: "
             f"{in_norms:,} in {norms} norm layers; the paper's convention; spectrum.parameters=all includes them)"
             in said), said
-    assert spectrum_json(prunable)["dim"] == total - in_norms
+    assert spectrum_json(prunable)["dim"] == total - in_norms and "parameters" not in spectrum_json(prunable)
     assert not [w for w in recwarn if "default parameter set" in str(w.message)]   # the line says it instead
 
     everything = tmp_path / "all"
@@ -47,7 +47,7 @@ def test_the_spectrum_line_names_the_left_out_norm_layers_and_all_includes_them(
                "spectrum.row_quantiles=4", "--out", everything) == 0
     said = capsys.readouterr().out
     assert f"spectrum: Hessian over {total:,} parameters (every trainable one)" in said, said
-    assert spectrum_json(everything)["dim"] == total
+    assert spectrum_json(everything)["dim"] == total and spectrum_json(everything)["parameters"] == "all"
     assert "important eigenvalues: " in said and "of 4 sampled Hessian rows are flat" in said
 
     # a number-changing key: the finished spectrum of the other set is refused, not reused

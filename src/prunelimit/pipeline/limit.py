@@ -190,7 +190,9 @@ def compute_spectrum(ctx: Context, op, files: tuple[str, str, str, str], what: s
                             nodes=tuple(nodes.tolist()), weights=tuple(weights.tolist()),
                             top_eigenvalues=tuple(float(x) for x in top), trace=trace, trace_stderr=trace_err,
                             hvp_count=getattr(op, "num_matvecs", None),
-                            extra={**({"matrix": s.matrix} if s.matrix != "hessian" else {}), **(extra or {})})
+                            extra={**({"matrix": s.matrix} if s.matrix != "hessian" else {}),
+                                   **({"parameters": s.parameters} if s.parameters != "prunable" else {}),
+                                   **(extra or {})})
     if dist.is_main():
         write_json(out / json_name, result.to_json())
         write_csv(out / csv_name, ["eigenvalue", "density"], zip(grid.tolist(), density.tolist()))
@@ -279,7 +281,8 @@ class LimitStage(StageUnit):
                                      "baseline_test_acc": base["test_acc"],
                                      "baseline_train_loss": base.get(LOSS_COLUMN[lc.loss]),
                                      "lanczos_iter": spectrum.lanczos_iter, "hessian_dim": spectrum.dim,
-                                     "matrix": cfg.spectrum.matrix, **bounds,
+                                     "matrix": cfg.spectrum.matrix, "hessian_parameters": cfg.spectrum.parameters,
+                                     **bounds,
                                      # which spectrum this is: a later `prunelimit spectrum` may replace it
                                      "spectrum_sha256": stages.file_digest(out / paths.SPECTRUM_JSON)})
         actual = {r: v["prune_fraction"] for r, v in record["actual"].items()}
