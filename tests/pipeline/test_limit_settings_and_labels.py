@@ -197,3 +197,14 @@ def test_the_summary_marks_a_limit_predicted_from_an_earlier_spectrum(tmp_path, 
     assert lines[lines.index(f"  {note}") - 1].startswith("How sparse can it be pruned?")
     assert cli("report", run) == 0
     assert note in capsys.readouterr().out
+
+
+def test_masks_flag_and_a_different_masks_override_are_refused(tmp_path, capsys):
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    assert cli("spectrum", *TINY, "--masks", a, f"spectrum.masks={b}", "--out", tmp_path / "run") == 2
+    error = one_error(capsys)
+    assert f"--masks {a} and the override 'spectrum.masks={b}' name two mask files" in error
+    # the same file twice is no conflict: the run goes on to read it (here: it does not exist)
+    assert cli("spectrum", *TINY, "--masks", a, f"spectrum.masks={a}", "--out", tmp_path / "run") == 2
+    error = one_error(capsys)
+    assert "two mask files" not in error and "does not exist" in error

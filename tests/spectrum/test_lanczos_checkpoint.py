@@ -121,7 +121,7 @@ def read_spectrum(out):
         return json.load(fh)
 
 
-def test_spectrum_stage_interrupted_mid_lanczos_resumes_with_identical_ritz_values(tmp_path, monkeypatch):
+def test_spectrum_stage_interrupted_mid_lanczos_resumes_with_identical_ritz_values(tmp_path, monkeypatch, capsys):
     assert spectrum_cli(tmp_path / "clean") == 0
     clean = read_spectrum(tmp_path / "clean")
 
@@ -139,7 +139,11 @@ def test_spectrum_stage_interrupted_mid_lanczos_resumes_with_identical_ritz_valu
     state_dir = tmp_path / "killed" / "limit" / "lanczos_state" / "slq" / "probes_0"
     assert LanczosCheckpoint(state_dir).read_state()["j"] == 8
     monkeypatch.setattr(HessianOperator, "matmat", original)
+    capsys.readouterr()
     assert spectrum_cli(tmp_path / "killed") == 0
+    said = capsys.readouterr().out   # what happened to the saved state is said after the fact, not "if ..."
+    assert "spectrum: SLQ resumed from the saved Lanczos state at step 8" in said, said
+    assert "started afresh" not in said
     resumed = read_spectrum(tmp_path / "killed")
     assert resumed["nodes"] == clean["nodes"] and resumed["weights"] == clean["weights"]
     assert resumed["top_eigenvalues"] == clean["top_eigenvalues"]
@@ -172,3 +176,29 @@ def test_spectrum_process_killed_mid_lanczos_resumes_with_identical_ritz_values(
     assert 0 < saved < 128
     subprocess.run(args + ["--out", str(tmp_path / "killed")], check=True, env=env, capture_output=True)
     assert read_spectrum(tmp_path / "killed")["nodes"] == read_spectrum(tmp_path / "clean")["nodes"]
+
+
+def test_a_saved_lanczos_state_of_other_settings_is_said_to_be_discarded(tmp_path, monkeypatch, capsys):
+    calls = {"n": 0}
+    original = HessianOperator.matmat
+
+    def interrupted_at_step_10(self, V, out=None):
+        calls["n"] += 1
+        if calls["n"] > 10:
+            raise KeyboardInterrupt
+        return original(self, V, out=out)
+
+    monkeypatch.setattr(HessianOperator, "matmat", interrupted_at_step_10)
+    assert spectrum_cli(tmp_path / "killed") == 130
+    monkeypatch.setattr(HessianOperator, "matmat", original)
+    # the user redoes the stage under another matrix by deleting its started marker: the Hessian's saved
+    # state must not be resumed into the Gauss-Newton spectrum, and the output says it was not
+    (tmp_path / "killed" / "stages" / "spectrum.started.json").unlink()
+    capsys.readouterr()
+    from prunelimit.cli.main import main
+    assert main(SPECTRUM_ARGS + ["spectrum.matrix=gauss_newton", "--out", str(tmp_path / "killed")]) == 0
+    said = capsys.readouterr().out
+    assert ("spectrum: SLQ started afresh: the saved Lanczos state was made under other weights, data or "
+            "settings and was discarded") in said, said
+    assert "resumed from the saved Lanczos state" not in said
+    assert read_spectrum(tmp_path / "killed")["matrix"] == "gauss_newton"

@@ -120,11 +120,22 @@ def cmd_run(args, argv) -> int:
     return 0
 
 
+def _refuse_two_mask_files(args) -> None:
+    """``--masks A spectrum.masks=B``: two mask files for one spectrum; the same file twice is fine."""
+    words = list(getattr(args, "overrides", []) or []) + [getattr(args, "config", None) or ""]
+    for word in words:
+        key, _, value = word.partition("=")
+        if key.strip() == "spectrum.masks" and value.strip() != str(args.masks):
+            raise ConfigError(f"--masks {args.masks} and the override {word!r} name two mask files for the "
+                              f"pruned-subnetwork spectrum; give one of them")
+
+
 def _limit_stages(args, argv, stages: dict[str, bool]) -> int:
     from prunelimit.pipeline.run import run_pipeline
 
     extra = {"pipeline": "limit", **{f"stages.{k}": v for k, v in stages.items()}}
     if getattr(args, "masks", None):   # prunelimit spectrum --masks FILE
+        _refuse_two_mask_files(args)
         extra["spectrum.masks"] = args.masks
     run_pipeline(_config(args, extra=extra), ["prunelimit", *argv], allow_pickle=args.allow_pickle)
     return 0

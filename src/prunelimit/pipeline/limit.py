@@ -25,6 +25,7 @@ from prunelimit.pipeline.results import LimitResult, RowsResult, SpectrumResult,
 from prunelimit.pipeline.stages import StageUnit
 from prunelimit.runs import paths
 from prunelimit.runs.io import read_json, write_csv, write_json
+from prunelimit.spectrum.checkpoint import LanczosCheckpoint
 
 
 def _ordering(ctx: Context, model: nn.Module):
@@ -142,7 +143,6 @@ def compute_spectrum(ctx: Context, op, files: tuple[str, str, str, str], what: s
     (the Lanczos state of a killed run resumes from their state folder); ``extra``: more keys for the json."""
     from prunelimit.spectrum import (hessian_trace, memory_estimate, memory_message, slq_spectrum, spectral_density,
                                      top_eigenvalues)
-    from prunelimit.spectrum.checkpoint import LanczosCheckpoint
     from prunelimit.spectrum.density import default_sigma
     from prunelimit.spectrum.host_basis import resolve_basis_device
     from prunelimit.spectrum.plots import plot_density
@@ -163,19 +163,24 @@ def compute_spectrum(ctx: Context, op, files: tuple[str, str, str, str], what: s
     basis = "cpu" if basis_device.type == "cpu" else "same"
     seed = cfg.seed_for(s.seed)
     state_dir = out / state_name   # resumable Lanczos (bug 17): removed once the json is written
-    ckpt = LanczosCheckpoint(state_dir, s.checkpoint_every, restart_on_mismatch=True) if s.checkpoint_every else None
-    if ckpt is not None and state_dir.exists():
-        say(f"{what}: found saved Lanczos state in {state_dir}: resuming from it if it was saved by this run's "
-            f"settings, else starting the spectrum afresh")
+    checkpointing = bool(s.checkpoint_every)
+    saved = checkpointing and state_dir.exists()
+    if saved:
+        say(f"{what}: found saved Lanczos state in {state_dir}; checking it against this run's settings")
+    parts = {name: ReportingCheckpoint(state_dir / name, s.checkpoint_every, restart_on_mismatch=True) if checkpointing
+             else None for name in ("slq", "top")}   # each part records whether it resumed
     nodes, weights = slq_spectrum(op, steps, s.lanczos_num, seed=seed, show_progress=cfg.show_progress,
-                                  checkpoint=ckpt.child("slq") if ckpt else None,
-                                  reorthogonalize=s.reorthogonalize, basis_device=basis)
+                                  checkpoint=parts["slq"], reorthogonalize=s.reorthogonalize, basis_device=basis)
+    if saved:
+        say_resumed(what, "SLQ", parts["slq"])
     k = min(s.top_k, op.dim)
     with warnings.catch_warnings(record=True) as unconverged:   # said in the config's words below
         warnings.simplefilter("always", RuntimeWarning)
         top = (top_eigenvalues(op, k, max_iter=top_k_steps(k, op.dim), seed=seed,
-                               checkpoint=ckpt.child("top") if ckpt else None, basis_device=basis)[0]
+                               checkpoint=parts["top"], basis_device=basis)[0]
                if k > 0 else torch.empty(0))
+    if saved and k > 0:
+        say_resumed(what, "top eigenvalues", parts["top"])
     for w in unconverged:
         if "Lanczos steps" in str(w.message):
             say(f"warning: {what}: the top {k} eigenvalues did not all converge within {top_k_steps(k, op.dim)} "
@@ -208,6 +213,39 @@ def compute_spectrum(ctx: Context, op, files: tuple[str, str, str, str], what: s
         parts.append(f"trace {trace:.4g} ± {trace_err:.2g}")
     say(f"{what}: {'; '.join(parts) or 'done'} ({len(result.nodes)} Ritz values)")
     return result
+
+
+def say_resumed(what: str, part: str, checkpoint: "ReportingCheckpoint") -> None:
+    """After the fact: whether ``part`` resumed from the saved Lanczos state or started afresh (a state
+    saved under other weights, data or settings is discarded, never resumed into a wrong result)."""
+    found = [steps for had_state, steps in checkpoint.outcomes if had_state]
+    if not found:
+        return   # nothing of this part was saved (killed before its first save, or before it began)
+    if all(found):
+        say(f"{what}: {part} resumed from the saved Lanczos state at step {min(found)}")
+    else:
+        say(f"{what}: {part} started afresh: the saved Lanczos state was made under other weights, data or "
+            f"settings and was discarded")
+
+
+class ReportingCheckpoint(LanczosCheckpoint):
+    """A ``LanczosCheckpoint`` that records what each restore (its own and its children's: one per SLQ
+    probe block) found: ``outcomes`` holds (a saved state existed, the step it resumed at, 0 when the
+    state was discarded as another run's)."""
+
+    def __init__(self, *args, outcomes: list | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.outcomes = [] if outcomes is None else outcomes
+
+    def child(self, name):
+        return ReportingCheckpoint(self.dir / name, self.every, restart_on_mismatch=self.restart_on_mismatch,
+                                   outcomes=self.outcomes)
+
+    def restore(self, run):
+        had_state = self.read_state() is not None
+        resumed = super().restore(run)
+        self.outcomes.append((had_state, self.resumed_from if resumed else 0))
+        return resumed
 
 
 class RowsStage(StageUnit):
