@@ -53,7 +53,13 @@ def test_spectrum_of_the_kept_weights_beside_the_dense_one(tmp_path, capsys):
     assert "pruned-subnetwork spectrum: finished earlier" in capsys.readouterr().out
     save_masks(tmp_path / "other.safetensors", global_magnitude_masks(model, sparsity=0.5))
     assert cli("spectrum", *TINY, "--masks", tmp_path / "other.safetensors", "--out", out) == 2
-    assert "spectrum_pruned" in one_error(capsys)
+    error = one_error(capsys)
+    assert "spectrum_pruned" in error
+    from prunelimit.pipeline.stages import file_digest
+    old_digest, new_digest = (file_digest(tmp_path / name)[:12] for name in ("mask.safetensors", "other.safetensors"))
+    # both files by name beside their hashes, not the hashes alone
+    assert (f"inputs.masks: {tmp_path / 'mask.safetensors'} (sha256 {old_digest}...) -> "
+            f"{tmp_path / 'other.safetensors'} (sha256 {new_digest}...)") in error, error
 
 
 def test_mask_files_load_safely_and_must_fit(tmp_path, capsys):

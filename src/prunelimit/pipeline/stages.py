@@ -140,6 +140,11 @@ def default_slice(cfg: RunConfig, keys: tuple[str, ...]) -> dict:
     return defaults
 
 
+def _file_names(stage: Stage) -> dict[str, str] | None:
+    """{role: path} of the stage's input files, kept beside their checksums so a refusal names them."""
+    return {role: str(path) for role, path in stage.inputs.items()} or None
+
+
 class StageRunner:
     def __init__(self, cfg: RunConfig, run):
         self.cfg, self.run_dir = cfg, run
@@ -162,18 +167,19 @@ class StageRunner:
         """The finished record, or None; refuses a finished or started stage made with another fingerprint."""
         fp = self.fingerprint(stage)
         defaults = default_slice(self.cfg, stage.keys)
-        done = self.run_dir.stage_result(stage.name, fp, redo_hint=stage.redo_hint, defaults=defaults)
+        files = _file_names(stage)
+        done = self.run_dir.stage_result(stage.name, fp, redo_hint=stage.redo_hint, defaults=defaults, files=files)
         if done is None:
-            self.run_dir.check_started(stage.name, fp, redo_hint=stage.redo_hint, defaults=defaults)
+            self.run_dir.check_started(stage.name, fp, redo_hint=stage.redo_hint, defaults=defaults, files=files)
         return done
 
     def start(self, stage: Stage) -> None:
         """Record that the stage is under way and with what, so a later resume is checked against it."""
         self.started_any = True   # this command now works under its settings (open_run keeps its config.yaml)
-        self.run_dir.mark_started(stage.name, self.fingerprint(stage))
+        self.run_dir.mark_started(stage.name, self.fingerprint(stage), files=_file_names(stage))
 
     def done(self, stage: Stage, record: dict) -> None:
-        self.run_dir.mark_done(stage.name, record, self.fingerprint(stage))
+        self.run_dir.mark_done(stage.name, record, self.fingerprint(stage), files=_file_names(stage))
 
     def run(self, stage: Stage, compute: Callable[[], dict], load: Callable[[dict], T] | None = None) -> T | dict:
         """``load(record)`` of the finished stage, or ``compute()``'s record once marked done."""

@@ -132,33 +132,36 @@ class RunDir:
             self._started(stage).unlink(missing_ok=True)
 
     def stage_result(self, stage: str, fingerprint: dict | None = None, *, redo_hint: str = "",
-                     defaults: dict | None = None) -> dict | None:
+                     defaults: dict | None = None, files: dict | None = None) -> dict | None:
         """The finished stage's record, or None if it has not finished.
 
         ``fingerprint``: what the stage's results depend on (config slice, input checksums, world size). A
         finished stage made with a different one is refused (never silently reused): the message names
         the keys that differ and how to redo it (``redo_hint``, default: another --out or delete it).
         ``defaults``: the fingerprint's keys at their schema defaults; a key an older marker lacks (added by
-        a newer version) matches when its value now is that default, which is how the older version ran."""
+        a newer version) matches when its value now is that default, which is how the older version ran.
+        ``files``: {role: path} of the input files whose checksums the fingerprint holds, so a refusal names
+        the files, not only their hashes (the marker keeps the paths it was made from as ``_files``)."""
         m = self._marker(stage)
         if not m.exists():
             return None
         record = read_json(m)
         self._refuse_mismatch(stage, record.get("_fingerprint"), fingerprint, "already holds", m, redo_hint,
-                              defaults)
+                              defaults, files=(record.get("_files"), files))
         return record
 
     def check_started(self, stage: str, fingerprint: dict, *, redo_hint: str = "",
-                      defaults: dict | None = None) -> None:
+                      defaults: dict | None = None, files: dict | None = None) -> None:
         """Refuse to resume a stage that an earlier command started with another fingerprint: its partial
         files (a training checkpoint, a half-written sweep) would continue with different numbers."""
         m = self._started(stage)
         if m.exists():
-            self._refuse_mismatch(stage, read_json(m).get("_fingerprint"), fingerprint, "holds a partly run",
-                                  m, redo_hint, defaults)
+            record = read_json(m)
+            self._refuse_mismatch(stage, record.get("_fingerprint"), fingerprint, "holds a partly run",
+                                  m, redo_hint, defaults, files=(record.get("_files"), files))
 
     def _refuse_mismatch(self, stage, old, new, holds: str, marker: Path, redo_hint: str,
-                         defaults: dict | None = None) -> None:
+                         defaults: dict | None = None, files: tuple = (None, None)) -> None:
         if new is None or old is None:
             return
         # only what the stage depends on now: a key a newer version dropped from its fingerprint (a
@@ -166,19 +169,21 @@ class RunDir:
         diffs = _flat_diff(_project(old, new), new, defaults=defaults or {})
         if not diffs:
             return
+        diffs = [_named_input(d, old, new, *files) for d in diffs]
         how = redo_hint or (f"Use another --out for the new config, or delete {str(marker)!r} (and that "
                             f"stage's files) to redo it")
         raise PrunelimitError(f"run directory {str(self.path)!r} {holds} stage {stage!r} made with different "
                               f"settings ({'; '.join(diffs[:5])}). {how}.")
 
-    def mark_started(self, stage: str, fingerprint: dict) -> None:
+    def mark_started(self, stage: str, fingerprint: dict, files: dict | None = None) -> None:
         if dist.is_main():
-            write_json(self._started(stage), {"_fingerprint": fingerprint})
+            write_json(self._started(stage), {"_fingerprint": fingerprint, **({"_files": files} if files else {})})
         dist.barrier()
 
-    def mark_done(self, stage: str, result: dict, fingerprint: dict | None = None) -> None:
+    def mark_done(self, stage: str, result: dict, fingerprint: dict | None = None, files: dict | None = None) -> None:
         if dist.is_main():
-            write_json(self._marker(stage), {**result, "_fingerprint": fingerprint} if fingerprint else result)
+            record = {**result, "_fingerprint": fingerprint} if fingerprint else dict(result)
+            write_json(self._marker(stage), {**record, "_files": files} if files else record)
             self._started(stage).unlink(missing_ok=True)
         dist.barrier()
 
@@ -212,6 +217,21 @@ class RunDir:
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+
+def _named_input(diff: str, old: dict, new: dict, old_files: dict | None, new_files: dict | None) -> str:
+    """``inputs.masks: 'sha…' -> 'sha…'`` with the files' names: two hashes alone do not say which mask
+    file the run directory was made with."""
+    if not diff.startswith("inputs."):
+        return diff
+    role = diff[len("inputs."):].split(":", 1)[0]
+
+    def named(files, fingerprint) -> str:
+        digest = ((fingerprint or {}).get("inputs") or {}).get(role)
+        name = (files or {}).get(role, "an earlier file")
+        return f"{name} (sha256 {digest[:12]}...)" if digest else f"{name} (missing)"
+
+    return f"inputs.{role}: {named(old_files, old)} -> {named(new_files, new)}"
 
 
 def _flat_diff(old: Any, new: Any, prefix: str = "", defaults: Any = None) -> list[str]:
