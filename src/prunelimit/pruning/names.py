@@ -54,6 +54,16 @@ def parameter_aliases(model: nn.Module) -> dict[str, str]:
     return {n: canonical[id(p)] for n, p in plain.named_parameters(remove_duplicate=False)}
 
 
+def put_mask(out: dict[str, torch.Tensor], name: str, key: str, mask: torch.Tensor,
+             source: str = "the masks") -> None:
+    """``out[name] = mask``, where ``key`` is the name the mask came under: a tied tensor reached by two
+    of its names must get the same mask both times (else a one-line error naming both)."""
+    if name in out and not (out[name].shape == mask.shape and torch.equal(out[name].cpu(), mask.cpu())):
+        raise PrunelimitError(f"{source} hold two different masks for the tied parameter {name!r} "
+                              f"(one of them under {key!r}); keep one mask per shared tensor")
+    out[name] = mask
+
+
 def canonical_masks(model: nn.Module, masks: Mapping[str, torch.Tensor],
                     source: str = "the masks") -> dict[str, torch.Tensor]:
     """``masks`` re-keyed by canonical parameter names of the plain model (order kept).
@@ -68,10 +78,7 @@ def canonical_masks(model: nn.Module, masks: Mapping[str, torch.Tensor],
         if name is None:
             unknown.append(key)
             continue
-        if name in out and not (out[name].shape == mask.shape and torch.equal(out[name].cpu(), mask.cpu())):
-            raise PrunelimitError(f"{source} hold two different masks for the tied parameter {name!r} "
-                             f"(one of them under {key!r}); keep one mask per shared tensor")
-        out[name] = mask
+        put_mask(out, name, key, mask, source)
     if unknown:
         what = (f"mask key {unknown[0]!r} is not a parameter" if len(unknown) == 1 else
                 f"{len(unknown)} mask keys ({_few(unknown)}) are not parameters")

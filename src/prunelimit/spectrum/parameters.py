@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from prunelimit.errors import PrunelimitError
-from prunelimit.pruning.names import strip_wrapper_prefixes, unwrap_model
+from prunelimit.pruning.names import put_mask, strip_wrapper_prefixes, unwrap_model
 from prunelimit.pruning.prunable import layer_parameters
 from prunelimit.spectrum.config import PARAMETER_SETS
 
@@ -176,10 +176,7 @@ def resolve_mask_keys(op, masks) -> dict[str, torch.Tensor]:
             if name is None:
                 outside.append((key, parameter_kind(model, strip_wrapper_prefixes(key))))
                 continue
-        if name in out and not (out[name].shape == mask.shape and torch.equal(out[name].cpu(), mask.cpu())):
-            raise PrunelimitError(f"the masks hold two different masks for the tied parameter {name!r} (one of "
-                                  f"them under {key!r}); keep one mask per shared tensor")
-        out[name] = mask
+        put_mask(out, name, key, mask)
     if outside:
         key, kind = outside[0]
         more = f" (and {len(outside) - 1} more: {[k for k, _ in outside[1:4]]})" if len(outside) > 1 else ""
